@@ -1,0 +1,307 @@
+//! Backend sessions: one Unix-socket connection per logical connection. The
+//! backend says HELLO, gets HELLO_ACK, then streams ic-tcp packets; the
+//! session merges what each read brought into DATA packets and sends them at
+//! once (nothing waits for more data), pauses reading under flow control, and
+//! writes what the other end sent back to the backend, acknowledging it.
+
+use std::io;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::UnixStream;
+use tokio::sync::mpsc;
+
+use crate::flow::RecvCredit;
+use crate::peer::{read_packet, OutFrame, PeerSlot};
+use crate::protocol::{LogicalConnKey, PacketType};
+use crate::proxy::Ctx;
+use crate::route::{Arrival, Delivery, RouteCache, SessionShared};
+
+/// Where a session's outgoing packets go.
+enum Target {
+    /// Both backends are on this instance.
+    Local,
+    Peer(Arc<PeerSlot>),
+}
+
+/// Room kept free in a session's read buffer before each read.
+const READ_ROOM: usize = 64 * 1024;
+/// A batch written to the backend in one call once it reaches this size.
+const WRITE_BATCH: usize = 256 * 1024;
+
+struct Outbound<'a> {
+    ctx: &'a Ctx,
+    key: LogicalConnKey,
+    target: &'a Target,
+    routes: RouteCache,
+}
+
+impl Outbound<'_> {
+    fn send(&mut self, ptype: PacketType, payload: Bytes) {
+        let d = self.ctx.settings.dialect;
+        match self.target {
+            Target::Peer(slot) => {
+                let header = self.key.header(ptype, d, payload.len()).encode(d);
+                slot.send(OutFrame { header, payload });
+            }
+            Target::Local => {
+                let arrival = match ptype {
+                    PacketType::Data => Arrival::Data(payload),
+                    PacketType::Bye => Arrival::Bye,
+                    _ => Arrival::Ack,
+                };
+                self.routes
+                    .deliver(&self.ctx.registry, &self.key.reversed(), arrival);
+            }
+        }
+    }
+}
+
+pub(crate) async fn run_session(ctx: Arc<Ctx>, stream: UnixStream) {
+    let (mut rd, mut wr) = stream.into_split();
+    let mut buf = BytesMut::with_capacity(READ_ROOM);
+    let hello = match tokio::time::timeout(
+        ctx.settings.handshake_timeout,
+        read_packet(&ctx, &mut rd, &mut buf),
+    )
+    .await
+    {
+        Ok(Ok(p)) => p,
+        Ok(Err(e)) => return refuse(&ctx, &e.to_string()),
+        Err(_) => return refuse(&ctx, "no HELLO in time"),
+    };
+    let h = hello.header;
+    if h.ptype != PacketType::Hello {
+        return refuse(&ctx, &format!("expected HELLO, got {}", h.ptype));
+    }
+    let key = LogicalConnKey::from_c2p(&h);
+    if key.local.dbid != ctx.settings.dbid {
+        return refuse(
+            &ctx,
+            &format!(
+                "HELLO from dbid {} but this proxy serves dbid {} ({key})",
+                key.local.dbid, ctx.settings.dbid
+            ),
+        );
+    }
+    let target = if key.remote.dbid == ctx.settings.dbid {
+        Target::Local
+    } else {
+        match ctx.peer(key.remote.dbid) {
+            Some(slot) => Target::Peer(slot),
+            None => {
+                return refuse(
+                    &ctx,
+                    &format!(
+                        "HELLO for dbid {}, which is not in the address map ({key})",
+                        key.remote.dbid
+                    ),
+                )
+            }
+        }
+    };
+    // HELLO_ACK is the HELLO with source and destination swapped.
+    let d = ctx.settings.dialect;
+    let ack = key.reversed().header(PacketType::HelloAck, d, 0).encode(d);
+    if let Err(e) = wr.write_all(&ack).await {
+        return refuse(&ctx, &format!("cannot send HELLO ACK: {e}"));
+    }
+
+    let (tx, rx) = mpsc::unbounded_channel();
+    let abort = ctx.shutdown.child_token();
+    let shared = Arc::new(SessionShared::new(
+        key,
+        tx,
+        ctx.settings.flow,
+        ctx.queued_cap(),
+        abort,
+    ));
+    // Register after the ACK is written, so no data overtakes it. A session
+    // of a previous statement with the same key goes first.
+    loop {
+        match ctx.registry.register(&shared) {
+            Ok(_) => break,
+            Err(prev) => {
+                log::info!(
+                    "ic-proxy: session {key}: waiting for the previous session with this key"
+                );
+                tokio::select! {
+                    _ = prev.closed.cancelled() => {}
+                    _ = shared.abort.cancelled() => return,
+                }
+            }
+        }
+    }
+    let counters = &ctx.status.counters;
+    counters.sessions_open.fetch_add(1, Relaxed);
+    counters.sessions_total.fetch_add(1, Relaxed);
+    if let Target::Peer(slot) = &target {
+        slot.stats.logical_conns.fetch_add(1, Relaxed);
+    }
+    log::debug!("ic-proxy: session {key} registered");
+
+    let target = Arc::new(target);
+    let writer = {
+        let ctx = ctx.clone();
+        let shared = shared.clone();
+        let target = target.clone();
+        tokio::spawn(async move { write_backend(&ctx, &shared, &target, wr, rx).await })
+    };
+    read_backend(&ctx, &shared, &target, rd, buf).await;
+    let _ = writer.await;
+
+    ctx.registry.unregister(&shared);
+    counters.sessions_open.fetch_sub(1, Relaxed);
+    if let Target::Peer(slot) = &*target {
+        slot.stats.logical_conns.fetch_sub(1, Relaxed);
+    }
+    log::debug!("ic-proxy: session {key} closed");
+}
+
+fn refuse(ctx: &Ctx, why: &str) {
+    ctx.status
+        .counters
+        .rejected_connections
+        .fetch_add(1, Relaxed);
+    log::warn!("ic-proxy: refused backend connection: {why}");
+}
+
+/// Backend -> proxy: frame ic-tcp packets, merge what one read brought into
+/// DATA packets, send them now; BYE at the end of the stream.
+async fn read_backend(
+    ctx: &Ctx,
+    shared: &SessionShared,
+    target: &Target,
+    mut rd: OwnedReadHalf,
+    mut buf: BytesMut,
+) {
+    let mut out = Outbound {
+        ctx,
+        key: shared.key,
+        target,
+        routes: RouteCache::default(),
+    };
+    let mut runs = Vec::new();
+    loop {
+        // Flow control: a paused sender is not read until DATA_ACKs come back.
+        while shared.is_paused() && !shared.abort.is_cancelled() {
+            tokio::select! {
+                _ = shared.resume.notified() => {}
+                _ = shared.abort.cancelled() => {}
+            }
+        }
+        if !buf.is_empty() || buf.capacity() < READ_ROOM / 4 {
+            // Bytes of a partial packet stay; room for the rest is made.
+            buf.reserve(READ_ROOM);
+        }
+        let n = tokio::select! {
+            _ = shared.abort.cancelled() => break,
+            r = rd.read_buf(&mut buf) => r,
+        };
+        match n {
+            Ok(0) | Err(_) => {
+                // End of the stream. A partial packet, or the receiver's lone
+                // STOP byte, is forwarded as it is, as the C proxy does.
+                if !buf.is_empty() {
+                    let rest = buf.split().freeze();
+                    out.send(PacketType::Data, rest);
+                    shared.on_sent(1);
+                }
+                break;
+            }
+            Ok(_) => {}
+        }
+        let framed = ctx.framer.complete_runs(&buf, &mut runs);
+        let mut sent = 0u32;
+        for &len in &runs {
+            out.send(PacketType::Data, buf.split_to(len).freeze());
+            sent += 1;
+        }
+        if sent > 0 {
+            shared.on_sent(sent);
+        }
+        if let Err(e) = framed {
+            ctx.status
+                .counters
+                .rejected_connections
+                .fetch_add(1, Relaxed);
+            log::warn!(
+                "ic-proxy: session {}: {e}; closing this logical connection",
+                shared.key
+            );
+            shared.abort.cancel();
+            break;
+        }
+    }
+    // BYE is never dropped: the other end learns the stream ended however it
+    // ended (it reports a premature end if EOS was not in it).
+    out.send(PacketType::Bye, Bytes::new());
+}
+
+/// Proxy -> backend: write what the other end sent, acknowledge it, and
+/// half-close on BYE.
+async fn write_backend(
+    ctx: &Ctx,
+    shared: &SessionShared,
+    target: &Target,
+    mut wr: OwnedWriteHalf,
+    mut rx: mpsc::UnboundedReceiver<Delivery>,
+) {
+    let mut acks = Outbound {
+        ctx,
+        key: shared.key,
+        target,
+        routes: RouteCache::default(),
+    };
+    let mut credit = RecvCredit::default();
+    let mut out: Vec<u8> = Vec::with_capacity(64 * 1024);
+    loop {
+        let first = tokio::select! {
+            _ = shared.abort.cancelled() => break,
+            d = rx.recv() => match d { Some(d) => d, None => break },
+        };
+        let mut packets = 0u32;
+        let mut bye = false;
+        let mut next = Some(first);
+        while let Some(d) = next.take() {
+            match d {
+                Delivery::Data(b) => {
+                    out.extend_from_slice(&b);
+                    packets += 1;
+                }
+                Delivery::Bye => bye = true,
+            }
+            if !bye && out.len() < WRITE_BATCH {
+                next = rx.try_recv().ok();
+            }
+        }
+        if !out.is_empty() {
+            let written: io::Result<()> = tokio::select! {
+                _ = shared.abort.cancelled() => break,
+                r = wr.write_all(&out) => r,
+            };
+            shared.queued.fetch_sub(out.len(), Relaxed);
+            if let Err(e) = written {
+                log::info!("ic-proxy: session {}: backend gone ({e})", shared.key);
+                shared.abort.cancel();
+                break;
+            }
+            out.clear();
+            if out.capacity() > 4 * WRITE_BATCH {
+                out.shrink_to(64 * 1024);
+            }
+        }
+        for _ in 0..credit.on_delivered(packets, &ctx.settings.flow) {
+            acks.send(PacketType::DataAck, Bytes::new());
+        }
+        if bye {
+            break;
+        }
+    }
+    // The backend reads EOF: after the other end's BYE, or because the
+    // logical connection was cut.
+    let _ = wr.shutdown().await;
+}

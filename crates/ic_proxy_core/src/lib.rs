@@ -1,0 +1,20 @@
+//! The interconnect proxy itself: wire protocol, address map, peer mesh,
+//! backend sessions, routing, flow control and status. It never links
+//! PostgreSQL: the extension (and the standalone `ic-proxy` binary) host it.
+#![forbid(unsafe_code)]
+
+pub mod cache;
+pub mod config;
+pub mod flow;
+pub mod protocol;
+pub mod settings;
+pub mod status;
+
+mod backend;
+mod peer;
+mod proxy;
+mod route;
+
+pub use proxy::{bind_backend_socket, run, Listeners, ProxyError};
+pub use settings::{socket_path, ProxySettings, RuntimeConfig};
+pub use status::{PeerSnapshot, PeerState, StatusBoard, StatusSnapshot};

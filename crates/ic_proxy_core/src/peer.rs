@@ -1,0 +1,555 @@
+//! The peer mesh: one TCP link per pair of instances, carrying every logical
+//! connection between them. A `PeerSlot` lives as long as its entry in the
+//! map; its task dials (when this instance has the higher content, as the C
+//! proxy does) or waits for the peer to dial, runs the link, and starts over
+//! when the link is lost. Losing a link ends every logical connection through
+//! it; nothing else.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::PeerAddr;
+use crate::protocol::{
+    sniff_dialect, EncodedHeader, Endpoint, Header, HeaderError, LogicalConnKey, Packet, PacketType,
+};
+use crate::proxy::Ctx;
+use crate::route::{Arrival, RouteCache};
+use crate::status::{PeerState, PeerStats};
+
+/// One packet on its way to a peer: the header is built inline, the payload
+/// is shared with the buffer it was read into.
+pub(crate) struct OutFrame {
+    pub header: EncodedHeader,
+    pub payload: Bytes,
+}
+
+/// A batch of frames is written in one call once it reaches this size.
+const WRITE_BATCH: usize = 256 * 1024;
+/// Room kept free in a link's read buffer before each read.
+const READ_ROOM: usize = 64 * 1024;
+
+pub(crate) struct PeerSlot {
+    pub addr: PeerAddr,
+    pub stats: Arc<PeerStats>,
+    tx: mpsc::UnboundedSender<OutFrame>,
+    /// Cancelled when the entry leaves the map or the proxy stops.
+    pub token: CancellationToken,
+    accepted: mpsc::Sender<(TcpStream, BytesMut)>,
+    link_up: AtomicBool,
+}
+
+/// Who opens the link between this instance and a peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Role {
+    /// This instance's content is higher: it dials.
+    Dial,
+    /// The peer's content is higher: it dials us.
+    Wait,
+    /// Same content (a primary and its mirror, coordinator and standby):
+    /// no traffic flows between them.
+    None,
+}
+
+pub(crate) fn role(my_content: i16, my_dbid: u16, peer: &PeerAddr) -> Role {
+    if peer.dbid == my_dbid || peer.content == my_content {
+        Role::None
+    } else if my_content > peer.content {
+        Role::Dial
+    } else {
+        Role::Wait
+    }
+}
+
+impl PeerSlot {
+    /// Creates the slot and starts its task.
+    pub fn start(ctx: &Arc<Ctx>, addr: PeerAddr, my_content: i16) -> Arc<PeerSlot> {
+        let role = role(my_content, ctx.settings.dbid, &addr);
+        let initial = match role {
+            Role::None => PeerState::Unlinked,
+            _ => PeerState::Connecting,
+        };
+        let stats = Arc::new(PeerStats::new(addr.clone(), initial));
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (accepted, accepted_rx) = mpsc::channel(1);
+        let slot = Arc::new(PeerSlot {
+            addr,
+            stats,
+            tx,
+            token: ctx.shutdown.child_token(),
+            accepted,
+            link_up: AtomicBool::new(false),
+        });
+        let task_ctx = ctx.clone();
+        let task_slot = slot.clone();
+        ctx.tracker.spawn(async move {
+            peer_task(task_ctx, task_slot, role, rx, accepted_rx).await;
+        });
+        slot
+    }
+
+    /// Queues a frame for the peer. Frames wait while the link is down.
+    pub fn send(&self, f: OutFrame) {
+        let _ = self.tx.send(f);
+    }
+
+    pub fn is_up(&self) -> bool {
+        self.link_up.load(Relaxed)
+    }
+}
+
+async fn peer_task(
+    ctx: Arc<Ctx>,
+    slot: Arc<PeerSlot>,
+    role: Role,
+    mut rx: mpsc::UnboundedReceiver<OutFrame>,
+    mut accepted_rx: mpsc::Receiver<(TcpStream, BytesMut)>,
+) {
+    let mut delay = ctx.settings.first_dial_delay;
+    let mut last_error = String::new();
+    let mut linked_before = false;
+    loop {
+        let dial = async {
+            if role != Role::Dial {
+                return std::future::pending().await;
+            }
+            tokio::time::sleep(delay).await;
+            dial(&ctx, &slot.addr).await
+        };
+        let link = tokio::select! {
+            _ = slot.token.cancelled() => break,
+            r = dial => {
+                delay = ctx.retry_interval();
+                match r {
+                    Ok(l) => l,
+                    Err(e) => {
+                        let msg = format!("cannot connect to {}: {e}", slot.addr.socket_addr_string());
+                        // The same failure every second (a dead mirror) is logged once.
+                        if msg != last_error {
+                            log::warn!("ic-proxy: peer dbid {}: {msg}", slot.addr.dbid);
+                        } else {
+                            log::debug!("ic-proxy: peer dbid {}: {msg}", slot.addr.dbid);
+                        }
+                        slot.stats.set_error(msg.clone());
+                        if slot.stats.state() == PeerState::Connected {
+                            slot.stats.set_state(PeerState::Down);
+                        }
+                        last_error = msg;
+                        continue;
+                    }
+                }
+            }
+            Some(l) = accepted_rx.recv() => l,
+        };
+        last_error.clear();
+        slot.link_up.store(true, Relaxed);
+        slot.stats.set_state(PeerState::Connected);
+        if linked_before {
+            slot.stats.reconnects.fetch_add(1, Relaxed);
+        }
+        linked_before = true;
+        log::info!(
+            "ic-proxy: peer dbid {} (content {}) connected",
+            slot.addr.dbid,
+            slot.addr.content
+        );
+        let reason = run_link(&ctx, &slot, link.0, link.1, &mut rx).await;
+        slot.link_up.store(false, Relaxed);
+        // Frames queued for the dead link belong to the logical connections
+        // being ended now: discard them before ending those connections.
+        while rx.try_recv().is_ok() {}
+        let ended = ctx.registry.abort_remote(slot.addr.dbid);
+        if slot.token.is_cancelled() {
+            break;
+        }
+        slot.stats.set_state(PeerState::Down);
+        slot.stats.set_error(reason.clone());
+        log::warn!(
+            "ic-proxy: peer dbid {}: link lost ({reason}); {ended} logical connections ended",
+            slot.addr.dbid
+        );
+    }
+    slot.link_up.store(false, Relaxed);
+    ctx.registry.abort_remote(slot.addr.dbid);
+}
+
+/// Dials the peer and says PEER_HELLO; Ok once its PEER_HELLO_ACK is checked.
+async fn dial(ctx: &Ctx, addr: &PeerAddr) -> io::Result<(TcpStream, BytesMut)> {
+    let deadline = ctx.settings.handshake_timeout;
+    let targets: Vec<SocketAddr> =
+        tokio::time::timeout(deadline, tokio::net::lookup_host(addr.socket_addr_string()))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "name resolution timed out"))??
+            .collect();
+    let mut last = io::Error::new(io::ErrorKind::NotFound, "the name resolved to no address");
+    for target in targets {
+        match tokio::time::timeout(deadline, TcpStream::connect(target)).await {
+            Ok(Ok(s)) => return handshake_as_dialer(ctx, addr, s).await,
+            Ok(Err(e)) => last = e,
+            Err(_) => last = io::Error::new(io::ErrorKind::TimedOut, "connect timed out"),
+        }
+    }
+    Err(last)
+}
+
+pub(crate) fn tune_socket(s: &TcpStream) {
+    let _ = s.set_nodelay(true);
+    let sock = socket2::SockRef::from(s);
+    let ka = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(60))
+        .with_interval(Duration::from_secs(10));
+    let _ = sock.set_tcp_keepalive(&ka);
+}
+
+async fn handshake_as_dialer(
+    ctx: &Ctx,
+    addr: &PeerAddr,
+    mut s: TcpStream,
+) -> io::Result<(TcpStream, BytesMut)> {
+    tune_socket(&s);
+    let d = ctx.settings.dialect;
+    let hello = Header {
+        len: d.header_len() as u16,
+        ptype: PacketType::PeerHello,
+        src: Endpoint {
+            content: ctx.my_content(),
+            dbid: ctx.settings.dbid,
+            pid: ctx.settings.pid,
+        },
+        dst: Endpoint {
+            content: addr.content,
+            dbid: addr.dbid,
+            pid: 0,
+        },
+        session_id: 0,
+        command_id: 0,
+        send_slice: 0,
+        recv_slice: 0,
+    };
+    s.write_all(&hello.encode(d)).await?;
+    let mut buf = BytesMut::with_capacity(4096);
+    let ack = tokio::time::timeout(
+        ctx.settings.handshake_timeout,
+        read_packet(ctx, &mut s, &mut buf),
+    )
+    .await
+    .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no PEER_HELLO_ACK in time"))??;
+    if ack.header.ptype != PacketType::PeerHelloAck {
+        return Err(invalid(format!(
+            "expected PEER HELLO ACK, got {}",
+            ack.header.ptype
+        )));
+    }
+    if ack.header.dst.dbid != addr.dbid {
+        return Err(invalid(format!(
+            "PEER HELLO ACK names dbid {} but dbid {} was dialed: is the map the same on every instance?",
+            ack.header.dst.dbid, addr.dbid
+        )));
+    }
+    Ok((s, buf))
+}
+
+fn invalid(msg: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg)
+}
+
+/// Reads exactly one proxy packet; bytes after it stay in `buf`.
+pub(crate) async fn read_packet<S: AsyncReadExt + Unpin>(
+    ctx: &Ctx,
+    s: &mut S,
+    buf: &mut BytesMut,
+) -> io::Result<Packet> {
+    loop {
+        // A stream of the other dialect is refused on its first 4 bytes,
+        // before waiting for a header that may never complete.
+        if buf.len() >= 4 {
+            if let Some(theirs) = sniff_dialect(&buf[..4]) {
+                if theirs != ctx.settings.dialect {
+                    return Err(invalid(format!(
+                        "dialect mismatch: the other side speaks dialect {theirs} but this proxy speaks dialect {} (ic_proxy.dialect)",
+                        ctx.settings.dialect
+                    )));
+                }
+            }
+        }
+        match ctx.decoder.decode(buf) {
+            Ok(Some(p)) => return Ok(p),
+            Ok(None) => {}
+            Err(e) => return Err(invalid(explain(ctx, &e, buf))),
+        }
+        if buf.capacity() - buf.len() < 512 {
+            buf.reserve(4096);
+        }
+        if s.read_buf(buf).await? == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "closed before a whole packet",
+            ));
+        }
+    }
+}
+
+/// A header error, with the dialect named when the bytes are the other one.
+pub(crate) fn explain(ctx: &Ctx, e: &HeaderError, buf: &[u8]) -> String {
+    let mine = ctx.settings.dialect;
+    match sniff_dialect(&buf[..buf.len().min(4)]) {
+        Some(theirs) if theirs != mine => format!(
+            "dialect mismatch: the other side speaks dialect {theirs} but this proxy speaks dialect {mine} \
+             (ic_proxy.dialect); {e}"
+        ),
+        _ => e.to_string(),
+    }
+}
+
+/// Takes over an accepted connection after its PEER_HELLO was checked.
+pub(crate) async fn accept_peer(ctx: Arc<Ctx>, mut s: TcpStream, from: SocketAddr) {
+    tune_socket(&s);
+    let mut buf = BytesMut::with_capacity(4096);
+    let hello = match tokio::time::timeout(
+        ctx.settings.handshake_timeout,
+        read_packet(&ctx, &mut s, &mut buf),
+    )
+    .await
+    {
+        Ok(Ok(p)) => p,
+        Ok(Err(e)) => return reject(&ctx, from, &e.to_string()),
+        Err(_) => return reject(&ctx, from, "no PEER HELLO in time"),
+    };
+    let h = hello.header;
+    if h.ptype != PacketType::PeerHello {
+        return reject(&ctx, from, &format!("expected PEER HELLO, got {}", h.ptype));
+    }
+    if h.src.dbid == ctx.settings.dbid {
+        return reject(
+            &ctx,
+            from,
+            &format!("PEER HELLO claims this instance's own dbid {}", h.src.dbid),
+        );
+    }
+    let Some(slot) = ctx.peer(h.src.dbid) else {
+        return reject(
+            &ctx,
+            from,
+            &format!(
+                "PEER HELLO from dbid {}, which is not in the address map",
+                h.src.dbid
+            ),
+        );
+    };
+    if h.dst.dbid != ctx.settings.dbid {
+        return reject(
+            &ctx,
+            from,
+            &format!(
+                "PEER HELLO is addressed to dbid {} but this instance is dbid {}",
+                h.dst.dbid, ctx.settings.dbid
+            ),
+        );
+    }
+    if slot.is_up() {
+        return reject(
+            &ctx,
+            from,
+            &format!("dbid {} is already connected", h.src.dbid),
+        );
+    }
+    // The ACK as the C proxy builds it: the connector's content and dbid with
+    // our pid, then the HELLO's destination with pid 0.
+    let d = ctx.settings.dialect;
+    let ack = Header {
+        len: d.header_len() as u16,
+        ptype: PacketType::PeerHelloAck,
+        src: Endpoint {
+            content: h.src.content,
+            dbid: h.src.dbid,
+            pid: ctx.settings.pid,
+        },
+        dst: Endpoint {
+            content: h.dst.content,
+            dbid: h.dst.dbid,
+            pid: 0,
+        },
+        session_id: 0,
+        command_id: 0,
+        send_slice: 0,
+        recv_slice: 0,
+    };
+    if let Err(e) = s.write_all(&ack.encode(d)).await {
+        return reject(&ctx, from, &format!("cannot send PEER HELLO ACK: {e}"));
+    }
+    if slot.accepted.try_send((s, buf)).is_err() {
+        reject(
+            &ctx,
+            from,
+            &format!("dbid {} is already connecting", h.src.dbid),
+        );
+    }
+}
+
+fn reject(ctx: &Ctx, from: SocketAddr, why: &str) {
+    ctx.status
+        .counters
+        .rejected_connections
+        .fetch_add(1, Relaxed);
+    log::warn!("ic-proxy: refused peer connection from {from}: {why}");
+}
+
+/// Runs one established link until it fails or the slot is cancelled;
+/// returns why it ended.
+async fn run_link(
+    ctx: &Arc<Ctx>,
+    slot: &Arc<PeerSlot>,
+    stream: TcpStream,
+    leftover: BytesMut,
+    rx: &mut mpsc::UnboundedReceiver<OutFrame>,
+) -> String {
+    let (rd, wr) = stream.into_split();
+    let link = slot.token.child_token();
+    let reader = {
+        let ctx = ctx.clone();
+        let slot = slot.clone();
+        let link = link.clone();
+        tokio::spawn(async move {
+            let r = read_link(&ctx, &slot, rd, leftover, &link).await;
+            link.cancel();
+            r
+        })
+    };
+    let write_result = write_link(slot, wr, rx, &link).await;
+    link.cancel();
+    let read_result = reader
+        .await
+        .unwrap_or_else(|e| format!("reader task failed: {e}"));
+    match write_result {
+        Err(e) => format!("write failed: {e}"),
+        Ok(()) if slot.token.is_cancelled() => "removed from the map or stopping".to_string(),
+        Ok(()) => read_result,
+    }
+}
+
+async fn write_link(
+    slot: &PeerSlot,
+    mut wr: OwnedWriteHalf,
+    rx: &mut mpsc::UnboundedReceiver<OutFrame>,
+    link: &CancellationToken,
+) -> io::Result<()> {
+    let mut out: Vec<u8> = Vec::with_capacity(WRITE_BATCH + 64 * 1024);
+    loop {
+        let first = tokio::select! {
+            _ = link.cancelled() => break,
+            f = rx.recv() => match f { Some(f) => f, None => break },
+        };
+        let mut packets = 1u64;
+        out.extend_from_slice(&first.header);
+        out.extend_from_slice(&first.payload);
+        // Send what is queued now, without waiting for more.
+        while out.len() < WRITE_BATCH {
+            match rx.try_recv() {
+                Ok(f) => {
+                    out.extend_from_slice(&f.header);
+                    out.extend_from_slice(&f.payload);
+                    packets += 1;
+                }
+                Err(_) => break,
+            }
+        }
+        tokio::select! {
+            _ = link.cancelled() => break,
+            r = wr.write_all(&out) => r?,
+        }
+        slot.stats.bytes_out.fetch_add(out.len() as u64, Relaxed);
+        slot.stats.packets_out.fetch_add(packets, Relaxed);
+        out.clear();
+        if out.capacity() > 4 * WRITE_BATCH {
+            out.shrink_to(WRITE_BATCH + 64 * 1024);
+        }
+    }
+    let _ = wr.shutdown().await;
+    Ok(())
+}
+
+async fn read_link(
+    ctx: &Arc<Ctx>,
+    slot: &PeerSlot,
+    mut rd: OwnedReadHalf,
+    mut buf: BytesMut,
+    link: &CancellationToken,
+) -> String {
+    let mut routes = RouteCache::default();
+    let me = ctx.settings.dbid;
+    loop {
+        loop {
+            let p = match ctx.decoder.decode(&mut buf) {
+                Ok(Some(p)) => p,
+                Ok(None) => break,
+                Err(e) => {
+                    ctx.status
+                        .counters
+                        .rejected_connections
+                        .fetch_add(1, Relaxed);
+                    return format!("malformed packet: {}", explain(ctx, &e, &buf));
+                }
+            };
+            slot.stats.packets_in.fetch_add(1, Relaxed);
+            slot.stats
+                .bytes_in
+                .fetch_add(u64::from(p.header.len), Relaxed);
+            let h = &p.header;
+            let arrival = match h.ptype {
+                PacketType::Data => Arrival::Data(p.payload),
+                PacketType::Bye => Arrival::Bye,
+                PacketType::DataAck => Arrival::Ack,
+                PacketType::PeerQuit => return "the peer said PEER QUIT".to_string(),
+                other => {
+                    drop_packet(
+                        ctx,
+                        slot,
+                        &format!("unexpected {other} on an established link"),
+                    );
+                    continue;
+                }
+            };
+            if h.dst.dbid != me || h.src.dbid != slot.addr.dbid {
+                drop_packet(
+                    ctx,
+                    slot,
+                    &format!(
+                        "{} from dbid {} to dbid {} arrived on the link of dbid {}",
+                        h.ptype, h.src.dbid, h.dst.dbid, slot.addr.dbid
+                    ),
+                );
+                continue;
+            }
+            routes.deliver(&ctx.registry, &LogicalConnKey::from_p2c(h), arrival);
+        }
+        if buf.capacity() - buf.len() < READ_ROOM / 4 {
+            buf.reserve(READ_ROOM);
+        }
+        tokio::select! {
+            _ = link.cancelled() => return "closed".to_string(),
+            r = rd.read_buf(&mut buf) => match r {
+                Ok(0) => return "the peer closed the connection".to_string(),
+                Ok(_) => {}
+                Err(e) => return format!("read failed: {e}"),
+            },
+        }
+    }
+}
+
+fn drop_packet(ctx: &Ctx, slot: &PeerSlot, why: &str) {
+    ctx.status.counters.dropped_packets.fetch_add(1, Relaxed);
+    slot.stats.drops.fetch_add(1, Relaxed);
+    log::warn!(
+        "ic-proxy: peer dbid {}: dropped a packet: {why}",
+        slot.addr.dbid
+    );
+}

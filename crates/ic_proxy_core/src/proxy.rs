@@ -1,0 +1,456 @@
+//! The runtime's entry point: `run` brings up the backend listener, the peer
+//! listener and one slot per peer, applies reloaded maps as diffs, and stops
+//! within a bounded time when cancelled. Listeners can be injected so tests
+//! bind port 0 and temporary directories.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::backend::run_session;
+use crate::config::{AddressMap, PeerAddr};
+use crate::peer::{accept_peer, PeerSlot};
+use crate::protocol::{IcTcpFramer, PacketDecoder};
+use crate::route::Registry;
+use crate::settings::{ProxySettings, RuntimeConfig};
+use crate::status::{PeerState, PeerStats, StatusBoard};
+
+/// Listeners made by the caller; `None` means the runtime binds its own
+/// (and retries every second while it cannot).
+#[derive(Default)]
+pub struct Listeners {
+    pub peer: Option<std::net::TcpListener>,
+    pub backend: Option<std::os::unix::net::UnixListener>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("invalid flow-control settings: {0}")]
+    Flow(String),
+    #[error("cannot use the listener: {0}")]
+    Listener(io::Error),
+}
+
+/// How long a stop may take before tasks are abandoned.
+const STOP_GRACE: Duration = Duration::from_secs(2);
+const LISTEN_BACKLOG: i32 = 1024;
+/// Unset content: this instance's dbid is not in the map.
+const NO_CONTENT: i32 = i32::MIN;
+
+/// What every task of the runtime shares.
+pub(crate) struct Ctx {
+    pub settings: ProxySettings,
+    pub status: Arc<StatusBoard>,
+    pub registry: Registry,
+    pub shutdown: CancellationToken,
+    pub tracker: TaskTracker,
+    pub decoder: PacketDecoder,
+    pub framer: IcTcpFramer,
+    peers: RwLock<HashMap<u16, Arc<PeerSlot>>>,
+    my_content: AtomicI32,
+    retry_ms: AtomicU64,
+}
+
+impl Ctx {
+    pub fn peer(&self, dbid: u16) -> Option<Arc<PeerSlot>> {
+        self.peers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&dbid)
+            .cloned()
+    }
+
+    pub fn my_content(&self) -> i16 {
+        self.my_content.load(Relaxed) as i16
+    }
+
+    pub fn retry_interval(&self) -> Duration {
+        Duration::from_millis(self.retry_ms.load(Relaxed))
+    }
+
+    /// Bytes a session may have waiting for its backend: two flow-control
+    /// windows of full packets. A sender that overruns it breaks the rules.
+    pub fn queued_cap(&self) -> usize {
+        2 * (self.settings.flow.pause_at as usize + self.settings.flow.ack_interval as usize)
+            * self.settings.max_packet_size.max(4096)
+    }
+}
+
+/// Runs the proxy until `shutdown` is cancelled. `config` carries the map and
+/// the reloadable knobs; each new value is applied as a diff.
+pub async fn run(
+    settings: ProxySettings,
+    mut config: watch::Receiver<Arc<RuntimeConfig>>,
+    listeners: Listeners,
+    shutdown: CancellationToken,
+    status: Arc<StatusBoard>,
+) -> Result<(), ProxyError> {
+    settings.flow.validate().map_err(ProxyError::Flow)?;
+    let cfg = config.borrow_and_update().clone();
+    let ctx = Arc::new(Ctx {
+        decoder: PacketDecoder::new(settings.dialect, settings.max_packet_size),
+        framer: IcTcpFramer {
+            max_packet_size: settings.max_packet_size,
+        },
+        registry: Registry::new(status.clone(), cfg.early_cache_bytes, cfg.early_packet_ttl),
+        settings,
+        status,
+        shutdown: shutdown.clone(),
+        tracker: TaskTracker::new(),
+        peers: RwLock::new(HashMap::new()),
+        my_content: AtomicI32::new(NO_CONTENT),
+        retry_ms: AtomicU64::new(cfg.retry_interval.as_millis() as u64),
+    });
+    log::info!(
+        "ic-proxy: starting: dbid {}, dialect {}, max packet size {}",
+        ctx.settings.dbid,
+        ctx.settings.dialect,
+        ctx.settings.max_packet_size
+    );
+
+    let backend_listener = match listeners.backend {
+        Some(l) => {
+            l.set_nonblocking(true).map_err(ProxyError::Listener)?;
+            Some(UnixListener::from_std(l).map_err(ProxyError::Listener)?)
+        }
+        None => None,
+    };
+    {
+        let ctx2 = ctx.clone();
+        ctx.tracker
+            .spawn(async move { serve_backends(ctx2, backend_listener).await });
+    }
+    let mut injected_peer = match listeners.peer {
+        Some(l) => {
+            l.set_nonblocking(true).map_err(ProxyError::Listener)?;
+            Some(TcpListener::from_std(l).map_err(ProxyError::Listener)?)
+        }
+        None => None,
+    };
+    {
+        let ctx2 = ctx.clone();
+        ctx.tracker.spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    _ = ctx2.shutdown.cancelled() => break,
+                    _ = tick.tick() => ctx2.registry.expire(),
+                }
+            }
+        });
+    }
+
+    let mut listener_token = None;
+    apply_map(
+        &ctx,
+        None,
+        &cfg.map,
+        &mut injected_peer,
+        &mut listener_token,
+    );
+    ctx.status.counters.map_generation.store(1, Relaxed);
+    let mut current = cfg;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            changed = config.changed() => {
+                if changed.is_err() {
+                    // The sender is gone: keep running on the last map.
+                    shutdown.cancelled().await;
+                    break;
+                }
+                let next = config.borrow_and_update().clone();
+                ctx.retry_ms.store(next.retry_interval.as_millis() as u64, Relaxed);
+                ctx.registry.set_cache_limits(next.early_cache_bytes, next.early_packet_ttl);
+                if next.map != current.map {
+                    apply_map(&ctx, Some(&current.map), &next.map, &mut injected_peer, &mut listener_token);
+                }
+                ctx.status.counters.map_generation.fetch_add(1, Relaxed);
+                current = next;
+            }
+        }
+    }
+
+    log::info!("ic-proxy: stopping");
+    ctx.registry.abort_all();
+    ctx.tracker.close();
+    if tokio::time::timeout(STOP_GRACE, ctx.tracker.wait())
+        .await
+        .is_err()
+    {
+        log::warn!("ic-proxy: some connections did not close within {STOP_GRACE:?}");
+    }
+    remove_socket(&ctx.settings.socket_path);
+    Ok(())
+}
+
+/// Brings the peers in line with `new` (all of it when `old` is None).
+/// When this instance's own entry changes, the peer listener is replaced.
+fn apply_map(
+    ctx: &Arc<Ctx>,
+    old: Option<&AddressMap>,
+    new: &AddressMap,
+    injected: &mut Option<TcpListener>,
+    listener: &mut Option<CancellationToken>,
+) {
+    let me = ctx.settings.dbid;
+    let old_self = old.and_then(|m| m.get(me)).cloned();
+    let new_self = new.get(me).cloned();
+    let self_changed = old.is_none() || old_self != new_self;
+    let empty = AddressMap::default();
+    let diff = AddressMap::diff(old.unwrap_or(&empty), new);
+
+    let mut peers = ctx.peers.write().unwrap_or_else(|p| p.into_inner());
+    let stop = |dbid: u16, peers: &mut HashMap<u16, Arc<PeerSlot>>| {
+        if let Some(slot) = peers.remove(&dbid) {
+            log::info!("ic-proxy: peer dbid {dbid} removed from the map");
+            slot.token.cancel();
+        }
+    };
+    if self_changed {
+        // Our own entry moved: every role may change, so start over.
+        for dbid in peers.keys().copied().collect::<Vec<_>>() {
+            stop(dbid, &mut peers);
+        }
+    } else {
+        for r in &diff.removed {
+            stop(r.dbid, &mut peers);
+        }
+        for (o, _) in &diff.changed {
+            stop(o.dbid, &mut peers);
+        }
+    }
+    let my_content = match &new_self {
+        Some(e) => i32::from(e.content),
+        None => {
+            log::warn!(
+                "ic-proxy: this instance's dbid {me} is not in the address map; no peer traffic until it is"
+            );
+            NO_CONTENT
+        }
+    };
+    ctx.my_content.store(my_content, Relaxed);
+    if my_content != NO_CONTENT {
+        let to_start: Vec<&PeerAddr> = if self_changed {
+            new.entries().iter().filter(|e| e.dbid != me).collect()
+        } else {
+            diff.added
+                .iter()
+                .chain(diff.changed.iter().map(|(_, n)| n))
+                .collect()
+        };
+        for e in to_start {
+            peers.insert(e.dbid, PeerSlot::start(ctx, e.clone(), my_content as i16));
+        }
+    }
+    let mut board: Vec<Arc<PeerStats>> = peers.values().map(|s| s.stats.clone()).collect();
+    drop(peers);
+    if let Some(e) = &new_self {
+        board.push(Arc::new(PeerStats::new(e.clone(), PeerState::SelfEntry)));
+    }
+    ctx.status.set_peers(board);
+
+    if !self_changed {
+        return;
+    }
+    if let Some(old) = listener.take() {
+        old.cancel();
+    }
+    *listener = new_self.map(|e| {
+        let t = ctx.shutdown.child_token();
+        let (ctx2, t2) = (ctx.clone(), t.clone());
+        let listener = injected.take();
+        ctx.tracker
+            .spawn(async move { serve_peers(ctx2, e, listener, t2).await });
+        t
+    });
+    if listener.is_none() {
+        ctx.status
+            .peer_listener
+            .set_down("this instance's dbid is not in the address map");
+    }
+}
+
+/// Binds `addr` as the C proxy does: the entry's own address, SO_REUSEADDR,
+/// backlog 1024.
+async fn bind_peer(addr: &PeerAddr) -> io::Result<TcpListener> {
+    let target = tokio::net::lookup_host(addr.socket_addr_string())
+        .await?
+        .next()
+        .ok_or_else(|| {
+            io::Error::new(io::ErrorKind::NotFound, "the name resolved to no address")
+        })?;
+    let sock = socket2::Socket::new(
+        socket2::Domain::for_address(target),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    sock.set_reuse_address(true)?;
+    sock.set_nonblocking(true)?;
+    sock.bind(&target.into())?;
+    sock.listen(LISTEN_BACKLOG)?;
+    TcpListener::from_std(sock.into())
+}
+
+async fn serve_peers(
+    ctx: Arc<Ctx>,
+    addr: PeerAddr,
+    mut injected: Option<TcpListener>,
+    token: CancellationToken,
+) {
+    let mut last_error = String::new();
+    loop {
+        let listener = match injected.take() {
+            Some(l) => Ok(l),
+            None => bind_peer(&addr).await,
+        };
+        let listener = match listener {
+            Ok(l) => l,
+            Err(e) => {
+                let msg = format!("cannot listen on {}: {e}", addr.socket_addr_string());
+                if msg != last_error {
+                    log::warn!("ic-proxy: {msg}; retrying every second");
+                }
+                ctx.status.peer_listener.set_failed(msg.clone());
+                last_error = msg;
+                tokio::select! {
+                    _ = token.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                }
+            }
+        };
+        let local = listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        log::info!("ic-proxy: listening for peers on {local}");
+        ctx.status.peer_listener.set_up(local);
+        last_error.clear();
+        loop {
+            let accepted: io::Result<(tokio::net::TcpStream, SocketAddr)> = tokio::select! {
+                _ = token.cancelled() => return,
+                r = listener.accept() => r,
+            };
+            match accepted {
+                Ok((s, from)) => {
+                    ctx.tracker.spawn(accept_peer(ctx.clone(), s, from));
+                }
+                Err(e) if is_transient(&e) => {
+                    log::warn!("ic-proxy: accepting a peer failed: {e}");
+                    // Out of descriptors or the like: let it pass.
+                    tokio::select! {
+                        _ = token.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    }
+                }
+                Err(e) => {
+                    ctx.status
+                        .peer_listener
+                        .set_failed(format!("accept failed: {e}"));
+                    break;
+                }
+            }
+        }
+    }
+}
+
+fn is_transient(e: &io::Error) -> bool {
+    // EMFILE, ENFILE, ENOMEM, ENOBUFS, ECONNABORTED, ECONNRESET: the listener
+    // itself is fine.
+    matches!(e.raw_os_error(), Some(24 | 23 | 12 | 105 | 103 | 104))
+        || e.kind() == io::ErrorKind::Interrupted
+}
+
+/// Makes the backend socket: a file left by a dead process is replaced; a
+/// live one (another proxy answering) is not touched.
+pub fn bind_backend_socket(path: &Path) -> io::Result<std::os::unix::net::UnixListener> {
+    if path.exists() {
+        match std::os::unix::net::UnixStream::connect(path) {
+            Ok(_) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    format!("{} is in use by another live proxy", path.display()),
+                ))
+            }
+            Err(_) => std::fs::remove_file(path)?,
+        }
+    }
+    let l = std::os::unix::net::UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))?;
+    Ok(l)
+}
+
+fn remove_socket(path: &PathBuf) {
+    if std::fs::remove_file(path).is_ok() {
+        log::info!("ic-proxy: removed {}", path.display());
+    }
+}
+
+async fn serve_backends(ctx: Arc<Ctx>, injected: Option<UnixListener>) {
+    let path = ctx.settings.socket_path.clone();
+    let mut injected = injected;
+    let mut last_error = String::new();
+    loop {
+        let listener = match injected.take() {
+            Some(l) => Ok(l),
+            None => bind_backend_socket(&path).and_then(|l| {
+                l.set_nonblocking(true)?;
+                UnixListener::from_std(l)
+            }),
+        };
+        let listener = match listener {
+            Ok(l) => l,
+            Err(e) => {
+                let msg = format!("cannot listen on {}: {e}", path.display());
+                if msg != last_error {
+                    log::warn!("ic-proxy: {msg}; retrying every second");
+                }
+                ctx.status.backend_listener.set_failed(msg.clone());
+                last_error = msg;
+                tokio::select! {
+                    _ = ctx.shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                }
+            }
+        };
+        log::info!("ic-proxy: listening for backends on {}", path.display());
+        ctx.status
+            .backend_listener
+            .set_up(path.display().to_string());
+        last_error.clear();
+        loop {
+            let accepted = tokio::select! {
+                _ = ctx.shutdown.cancelled() => return,
+                r = listener.accept() => r,
+            };
+            match accepted {
+                Ok((s, _)) => {
+                    ctx.tracker.spawn(run_session(ctx.clone(), s));
+                }
+                Err(e) if is_transient(&e) => {
+                    log::warn!("ic-proxy: accepting a backend failed: {e}");
+                    tokio::select! {
+                        _ = ctx.shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    }
+                }
+                Err(e) => {
+                    ctx.status
+                        .backend_listener
+                        .set_failed(format!("accept failed: {e}"));
+                    break;
+                }
+            }
+        }
+    }
+}

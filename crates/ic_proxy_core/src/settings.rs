@@ -1,0 +1,70 @@
+//! What a proxy needs to know besides the address map: its identity, the
+//! wire dialect and its knobs. Fixed for the life of a runtime, except the
+//! parts of [`RuntimeConfig`] that a reload may change.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::config::AddressMap;
+use crate::flow::FlowParams;
+use crate::protocol::{Dialect, DEFAULT_PACKET_SIZE};
+
+/// The socket a backend connects to: `<dir>/.s.PGSQL.ic_proxy.<port>.<pid>`,
+/// with the postmaster's port and pid, exactly where Cloudberry looks.
+pub fn socket_path(dir: &Path, postmaster_port: u16, postmaster_pid: u32) -> PathBuf {
+    dir.join(format!(
+        ".s.PGSQL.ic_proxy.{postmaster_port}.{postmaster_pid}"
+    ))
+}
+
+#[derive(Clone, Debug)]
+pub struct ProxySettings {
+    /// This instance's dbid; its content comes from its entry in the map.
+    pub dbid: u16,
+    /// The pid this proxy puts in PEER_HELLO / PEER_HELLO_ACK.
+    pub pid: i32,
+    pub dialect: Dialect,
+    /// Largest DATA payload (gp_max_packet_size).
+    pub max_packet_size: usize,
+    pub socket_path: PathBuf,
+    pub flow: FlowParams,
+    /// How long a new connection may take to say its HELLO / PEER_HELLO.
+    pub handshake_timeout: Duration,
+    /// Delay of the first dial after start or after a peer is added.
+    pub first_dial_delay: Duration,
+}
+
+impl ProxySettings {
+    pub fn new(dbid: u16, socket_path: PathBuf) -> Self {
+        ProxySettings {
+            dbid,
+            pid: std::process::id() as i32,
+            dialect: Dialect::C,
+            max_packet_size: DEFAULT_PACKET_SIZE,
+            socket_path,
+            flow: FlowParams::default(),
+            handshake_timeout: Duration::from_secs(10),
+            first_dial_delay: Duration::from_millis(100),
+        }
+    }
+}
+
+/// What a reload can change while the proxy runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RuntimeConfig {
+    pub map: AddressMap,
+    pub early_cache_bytes: usize,
+    pub early_packet_ttl: Duration,
+    pub retry_interval: Duration,
+}
+
+impl RuntimeConfig {
+    pub fn new(map: AddressMap) -> Self {
+        RuntimeConfig {
+            map,
+            early_cache_bytes: 64 << 20,
+            early_packet_ttl: Duration::from_secs(60),
+            retry_interval: Duration::from_secs(1),
+        }
+    }
+}

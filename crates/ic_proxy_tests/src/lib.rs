@@ -1,0 +1,373 @@
+//! A harness for the runtime's integration tests: real proxies (the core's
+//! `run`) on loopback port 0 and temporary Unix sockets, all in one process,
+//! and helpers that stream checksummed data through them with the backend
+//! client.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ic_proxy_client::{
+    pattern_payload, ClientOptions, ConnSpec, Endpoint, LogicalConn, RecvItem, StreamDigest,
+};
+use ic_proxy_core::config::{AddressMap, PeerAddr};
+use ic_proxy_core::protocol::Dialect;
+use ic_proxy_core::{
+    bind_backend_socket, run, Listeners, PeerState, ProxySettings, RuntimeConfig, StatusBoard,
+};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Generous deadline for anything the tests wait on.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// One proxy of a test mesh.
+pub struct TestProxy {
+    pub addr: PeerAddr,
+    pub socket: PathBuf,
+    pub status: Arc<StatusBoard>,
+    pub shutdown: CancellationToken,
+    pub config: watch::Sender<Arc<RuntimeConfig>>,
+    pub handle: Option<JoinHandle<()>>,
+    pub settings: ProxySettings,
+    _dir: Arc<tempfile::TempDir>,
+}
+
+/// Knobs a test may change before the mesh starts.
+#[derive(Clone)]
+pub struct MeshOptions {
+    pub dialect: Dialect,
+    pub max_packet_size: usize,
+    pub early_cache_bytes: usize,
+    pub early_packet_ttl: Duration,
+}
+
+impl Default for MeshOptions {
+    fn default() -> Self {
+        MeshOptions {
+            dialect: Dialect::C,
+            max_packet_size: 8192,
+            early_cache_bytes: 64 << 20,
+            early_packet_ttl: Duration::from_secs(60),
+        }
+    }
+}
+
+pub struct Mesh {
+    pub proxies: Vec<TestProxy>,
+    pub opts: MeshOptions,
+    dir: Arc<tempfile::TempDir>,
+}
+
+/// A listener on 127.0.0.1 port 0 and its entry in a map.
+pub fn reserve(dbid: u16, content: i16) -> (std::net::TcpListener, PeerAddr) {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    let port = l.local_addr().unwrap().port();
+    (
+        l,
+        PeerAddr {
+            dbid,
+            content,
+            host: "127.0.0.1".into(),
+            port,
+        },
+    )
+}
+
+impl Mesh {
+    /// One proxy per content in `contents`, dbids 1, 2, 3, ...
+    pub fn start(contents: &[i16]) -> Mesh {
+        Self::start_with(contents, MeshOptions::default())
+    }
+
+    pub fn start_with(contents: &[i16], opts: MeshOptions) -> Mesh {
+        init_log();
+        let dir = Arc::new(tempfile::tempdir().expect("tempdir"));
+        let reserved: Vec<_> = contents
+            .iter()
+            .enumerate()
+            .map(|(i, c)| reserve(i as u16 + 1, *c))
+            .collect();
+        let map = AddressMap::from_entries(reserved.iter().map(|(_, a)| a.clone()).collect())
+            .expect("valid map");
+        let mut mesh = Mesh {
+            proxies: Vec::new(),
+            opts,
+            dir,
+        };
+        for (l, addr) in reserved {
+            mesh.spawn(addr, l, map.clone());
+        }
+        mesh
+    }
+
+    pub fn runtime_config(&self, map: AddressMap) -> RuntimeConfig {
+        RuntimeConfig {
+            map,
+            early_cache_bytes: self.opts.early_cache_bytes,
+            early_packet_ttl: self.opts.early_packet_ttl,
+            retry_interval: Duration::from_millis(200),
+        }
+    }
+
+    /// Starts a proxy for `addr` with listener `l` and map `map`.
+    pub fn spawn(&mut self, addr: PeerAddr, l: std::net::TcpListener, map: AddressMap) {
+        let socket = self
+            .dir
+            .path()
+            .join(format!(".s.PGSQL.ic_proxy.{}.{}", addr.port, addr.dbid));
+        let backend = bind_backend_socket(&socket).expect("bind backend socket");
+        let mut settings = ProxySettings::new(addr.dbid, socket.clone());
+        settings.dialect = self.opts.dialect;
+        settings.max_packet_size = self.opts.max_packet_size;
+        settings.pid = 10_000 + i32::from(addr.dbid);
+        settings.first_dial_delay = Duration::from_millis(10);
+        let (tx, rx) = watch::channel(Arc::new(self.runtime_config(map)));
+        let status = StatusBoard::new();
+        let shutdown = CancellationToken::new();
+        let handle = tokio::spawn({
+            let (settings, status, shutdown) = (settings.clone(), status.clone(), shutdown.clone());
+            async move {
+                run(
+                    settings,
+                    rx,
+                    Listeners {
+                        peer: Some(l),
+                        backend: Some(backend),
+                    },
+                    shutdown,
+                    status,
+                )
+                .await
+                .expect("proxy run");
+            }
+        });
+        self.proxies.push(TestProxy {
+            addr,
+            socket,
+            status,
+            shutdown,
+            config: tx,
+            handle: Some(handle),
+            settings,
+            _dir: self.dir.clone(),
+        });
+    }
+
+    pub fn proxy(&self, dbid: u16) -> &TestProxy {
+        self.proxies
+            .iter()
+            .find(|p| p.addr.dbid == dbid)
+            .expect("no such proxy")
+    }
+
+    pub fn map(&self) -> AddressMap {
+        AddressMap::from_entries(self.proxies.iter().map(|p| p.addr.clone()).collect()).unwrap()
+    }
+
+    /// Waits until every proxy sees every peer it exchanges traffic with as
+    /// connected.
+    pub async fn wait_connected(&self) {
+        let start = Instant::now();
+        loop {
+            let running: Vec<u16> = self
+                .proxies
+                .iter()
+                .filter(|p| p.handle.is_some())
+                .map(|p| p.addr.dbid)
+                .collect();
+            let all = self.proxies.iter().filter(|p| p.handle.is_some()).all(|p| {
+                let peers = p.status.snapshot().peers;
+                // Every running proxy is listed, and linked wherever traffic flows.
+                running
+                    .iter()
+                    .all(|d| peers.iter().any(|s| s.addr.dbid == *d))
+                    && peers.iter().all(|s| {
+                        matches!(
+                            s.state,
+                            PeerState::SelfEntry | PeerState::Unlinked | PeerState::Connected
+                        ) || !running.contains(&s.addr.dbid)
+                    })
+            });
+            if all {
+                return;
+            }
+            assert!(
+                start.elapsed() < DEADLINE,
+                "mesh did not connect: {:#?}",
+                self.describe()
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    pub fn describe(&self) -> Vec<String> {
+        self.proxies
+            .iter()
+            .map(|p| {
+                let s = p.status.snapshot();
+                format!(
+                    "dbid {}: {:?}",
+                    p.addr.dbid,
+                    s.peers
+                        .iter()
+                        .map(|x| (x.addr.dbid, x.state, x.last_error.clone()))
+                        .collect::<Vec<_>>()
+                )
+            })
+            .collect()
+    }
+
+    /// Stops proxy `dbid` and waits for its runtime to finish.
+    pub async fn stop(&mut self, dbid: u16) {
+        let p = self
+            .proxies
+            .iter_mut()
+            .find(|p| p.addr.dbid == dbid)
+            .unwrap();
+        p.shutdown.cancel();
+        if let Some(h) = p.handle.take() {
+            tokio::time::timeout(DEADLINE, h)
+                .await
+                .expect("proxy stops in time")
+                .unwrap();
+        }
+    }
+
+    pub fn client_options(&self) -> ClientOptions {
+        ClientOptions {
+            dialect: self.opts.dialect,
+            max_packet_size: self.opts.max_packet_size,
+            ..ClientOptions::default()
+        }
+    }
+
+    pub async fn shutdown(mut self) {
+        let ids: Vec<u16> = self.proxies.iter().map(|p| p.addr.dbid).collect();
+        for id in ids {
+            self.stop(id).await;
+        }
+    }
+}
+
+/// The key of logical connection `n` from a backend on `from` to one on `to`.
+pub fn spec(from: &PeerAddr, to: &PeerAddr, n: u32) -> ConnSpec {
+    ConnSpec {
+        session_id: 77,
+        command_id: 5 + n,
+        send_slice: 1,
+        recv_slice: 0,
+        local: Endpoint {
+            content: from.content,
+            dbid: from.dbid,
+            pid: 20_000 + n as i32,
+        },
+        remote: Endpoint {
+            content: to.content,
+            dbid: to.dbid,
+            pid: 30_000 + n as i32,
+        },
+    }
+}
+
+/// Sends `packets` pattern packets of `len` bytes and finishes; returns the digest sent.
+pub async fn send_stream(
+    mut c: LogicalConn,
+    seed: u64,
+    packets: u64,
+    len: usize,
+) -> Result<StreamDigest, ic_proxy_client::ClientError> {
+    let mut d = StreamDigest::new();
+    for i in 0..packets {
+        let p = pattern_payload(seed, i, len);
+        d.update(&p);
+        c.send_packet(&p).await?;
+    }
+    c.finish().await?;
+    // Wait for the receiver's BYE (EOF), as a backend's teardown does.
+    loop {
+        match c.recv().await? {
+            RecvItem::Eof | RecvItem::Stop => break,
+            RecvItem::Packet(_) => {}
+        }
+    }
+    Ok(d)
+}
+
+/// Receives until EOF; returns the digest and packet count, then finishes.
+pub async fn recv_stream(
+    mut c: LogicalConn,
+) -> Result<(StreamDigest, u64), ic_proxy_client::ClientError> {
+    let mut d = StreamDigest::new();
+    let mut n = 0;
+    loop {
+        match c.recv().await? {
+            RecvItem::Packet(p) => {
+                d.update(&p);
+                n += 1;
+            }
+            RecvItem::Stop | RecvItem::Eof => break,
+        }
+    }
+    c.finish().await?;
+    Ok((d, n))
+}
+
+/// Expected digest of a pattern stream.
+pub fn expected_digest(seed: u64, packets: u64, len: usize) -> StreamDigest {
+    let mut d = StreamDigest::new();
+    for i in 0..packets {
+        d.update(&pattern_payload(seed, i, len));
+    }
+    d
+}
+
+/// Opens both ends of logical connection `n` between proxies `a` and `b`.
+pub async fn open_pair(mesh: &Mesh, a: u16, b: u16, n: u32) -> (LogicalConn, LogicalConn) {
+    let (pa, pb) = (mesh.proxy(a), mesh.proxy(b));
+    let s = spec(&pa.addr, &pb.addr, n);
+    let opts = mesh.client_options();
+    let (sa, sb) = (pa.socket.clone(), pb.socket.clone());
+    let (x, y) = tokio::join!(
+        LogicalConn::connect(&sa, s, &opts),
+        LogicalConn::connect(&sb, s.reversed(), &opts)
+    );
+    (x.expect("sender connects"), y.expect("receiver connects"))
+}
+
+/// Waits until `cond` holds, failing the test at the deadline.
+pub async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+struct StderrLog;
+
+impl log::Log for StderrLog {
+    fn enabled(&self, _: &log::Metadata) -> bool {
+        true
+    }
+    fn log(&self, r: &log::Record) {
+        eprintln!(
+            "{:?} {} {}",
+            std::time::SystemTime::now(),
+            r.level(),
+            r.args()
+        );
+    }
+    fn flush(&self) {}
+}
+
+/// Sends the proxies' log to stderr when IC_PROXY_TEST_LOG is set (e.g. to
+/// "debug"); `cargo test -- --nocapture` shows it.
+pub fn init_log() {
+    if let Ok(level) = std::env::var("IC_PROXY_TEST_LOG") {
+        if log::set_logger(&StderrLog).is_ok() {
+            log::set_max_level(level.parse().unwrap_or(log::LevelFilter::Info));
+        }
+    }
+}

@@ -1,0 +1,2 @@
+//! SQL functions, one file per concern.
+pub mod addresses;

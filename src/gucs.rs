@@ -1,0 +1,363 @@
+//! Every `ic_proxy.*` setting: private statics, one `init()`, a typed accessor
+//! each. String settings are validated by check hooks that run the core's
+//! parsers, so a bad value is refused when it is set (or when a reload reads
+//! it) and the value in force stays in force. Only the main thread of a
+//! backend or of the worker may call these accessors.
+
+use std::ffi::{c_char, c_void, CStr, CString};
+use std::path::PathBuf;
+
+use ic_proxy_core::config::AddressMap;
+use ic_proxy_core::protocol::{self, Dialect};
+use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting, PostgresGucEnum};
+use pgrx::pg_sys;
+
+/// The address map, `dbid:content:host:port,...`: one entry per instance.
+static ADDRESSES: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c""));
+/// This instance's dbid; 0 means "not configured", and the proxy stays idle.
+static DBID: GucSetting<i32> = GucSetting::<i32>::new(0);
+/// Where the backend socket is created.
+static SOCKET_DIR: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c"/tmp"));
+/// The wire dialect every proxy and backend of the cluster speaks.
+static DIALECT: GucSetting<DialectSetting> = GucSetting::<DialectSetting>::new(DialectSetting::C);
+/// The largest DATA payload (the cluster's gp_max_packet_size).
+static MAX_PACKET_SIZE: GucSetting<i32> =
+    GucSetting::<i32>::new(protocol::DEFAULT_PACKET_SIZE as i32);
+/// Threads of the proxy runtime.
+static WORKER_THREADS: GucSetting<i32> = GucSetting::<i32>::new(2);
+/// Byte cap of the cache for packets that arrive before their receiver, in kB.
+static EARLY_CACHE_SIZE: GucSetting<i32> = GucSetting::<i32>::new(64 * 1024);
+/// How long an early packet waits for its receiver, in seconds.
+static EARLY_PACKET_TTL: GucSetting<i32> = GucSetting::<i32>::new(60);
+/// Unacknowledged DATA packets at which a sender is paused.
+static FLOW_PAUSE: GucSetting<i32> = GucSetting::<i32>::new(100);
+/// Unacknowledged DATA packets at which a paused sender resumes.
+static FLOW_RESUME: GucSetting<i32> = GucSetting::<i32>::new(30);
+/// DATA packets delivered per DATA_ACK sent back.
+static FLOW_ACK_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(10);
+/// Time between attempts to dial a peer, in milliseconds.
+static PEER_RETRY_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(1000);
+/// How much the proxy logs.
+static LOG_VERBOSITY: GucSetting<LogVerbosity> =
+    GucSetting::<LogVerbosity>::new(LogVerbosity::Terse);
+
+#[derive(PostgresGucEnum, Clone, Copy, PartialEq, Eq, Debug)]
+pub enum DialectSetting {
+    #[name = c"c"]
+    C,
+    #[name = c"b"]
+    B,
+}
+
+/// The levels of Cloudberry's gp_log_interconnect that concern the proxy.
+#[derive(PostgresGucEnum, Clone, Copy, PartialEq, Eq, Debug, PartialOrd, Ord)]
+pub enum LogVerbosity {
+    #[name = c"terse"]
+    Terse,
+    #[name = c"verbose"]
+    Verbose,
+    #[name = c"debug"]
+    Debug,
+}
+
+pub fn init() {
+    unsafe {
+        GucRegistry::define_string_guc_with_hooks(
+            c"ic_proxy.addresses",
+            c"Interconnect proxy address map: dbid:content:host:port, one entry per instance.",
+            c"The syntax of Cloudberry's gp_interconnect_proxy_addresses, plus bracketed IPv6 \
+              literals. Every instance needs the same map. Generate it with \
+              ic_proxy_addresses_generate(delta).",
+            &ADDRESSES,
+            GucContext::Sighup,
+            GucFlags::default(),
+            Some(check_addresses),
+            None,
+            None,
+        );
+        GucRegistry::define_string_guc_with_hooks(
+            c"ic_proxy.socket_dir",
+            c"Directory of the Unix socket backends use to reach the proxy.",
+            c"The socket is <dir>/.s.PGSQL.ic_proxy.<port>.<postmaster pid>, as Cloudberry's \
+              backends expect in /tmp.",
+            &SOCKET_DIR,
+            GucContext::Postmaster,
+            GucFlags::default(),
+            Some(check_socket_dir),
+            None,
+            None,
+        );
+    }
+    GucRegistry::define_int_guc(
+        c"ic_proxy.dbid",
+        c"This instance's dbid in the address map (0: not configured, the proxy stays idle).",
+        c"Its content id comes from its entry in ic_proxy.addresses.",
+        &DBID,
+        0,
+        65535,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
+    GucRegistry::define_enum_guc(
+        c"ic_proxy.dialect",
+        c"Wire dialect: c (36-byte header with magic, current Cloudberry) or b (32-byte header).",
+        c"Every proxy and backend of a cluster must speak the same dialect.",
+        &DIALECT,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"ic_proxy.max_packet_size",
+        c"Largest DATA payload in bytes; set it to the cluster's gp_max_packet_size.",
+        c"",
+        &MAX_PACKET_SIZE,
+        protocol::MIN_PACKET_SIZE as i32,
+        protocol::MAX_PACKET_SIZE_LIMIT as i32,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"ic_proxy.worker_threads",
+        c"Threads of the proxy runtime.",
+        c"",
+        &WORKER_THREADS,
+        1,
+        64,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"ic_proxy.early_packet_cache_size",
+        c"Memory cap for packets that arrive before their receiver.",
+        c"Over the cap the oldest waiting logical connection is dropped and counted.",
+        &EARLY_CACHE_SIZE,
+        1024,
+        i32::MAX,
+        GucContext::Sighup,
+        GucFlags::UNIT_KB,
+    );
+    GucRegistry::define_int_guc(
+        c"ic_proxy.early_packet_ttl",
+        c"How long a packet waits for its receiver before it is dropped.",
+        c"",
+        &EARLY_PACKET_TTL,
+        1,
+        86400,
+        GucContext::Sighup,
+        GucFlags::UNIT_S,
+    );
+    GucRegistry::define_int_guc(
+        c"ic_proxy.flow_pause_threshold",
+        c"Unacknowledged DATA packets at which a sender is paused (C proxy: 100).",
+        c"",
+        &FLOW_PAUSE,
+        2,
+        100_000,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"ic_proxy.flow_resume_threshold",
+        c"Unacknowledged DATA packets at which a paused sender resumes (C proxy: 30).",
+        c"Must be below ic_proxy.flow_pause_threshold.",
+        &FLOW_RESUME,
+        0,
+        99_999,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"ic_proxy.flow_ack_interval",
+        c"DATA packets delivered per DATA_ACK sent back (C proxy: 10).",
+        c"Must not exceed ic_proxy.flow_pause_threshold - ic_proxy.flow_resume_threshold.",
+        &FLOW_ACK_INTERVAL,
+        1,
+        10_000,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"ic_proxy.peer_retry_interval",
+        c"Time between attempts to dial a peer proxy.",
+        c"",
+        &PEER_RETRY_INTERVAL,
+        100,
+        60_000,
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_enum_guc(
+        c"ic_proxy.log_verbosity",
+        c"How much the proxy logs: terse, verbose or debug (like gp_log_interconnect).",
+        c"",
+        &LOG_VERBOSITY,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    unsafe { pg_sys::MarkGUCPrefixReserved(c"ic_proxy".as_ptr()) };
+}
+
+// ---- typed accessors -------------------------------------------------------
+
+/// The map in force. The check hook has validated it, so parsing succeeds; an
+/// impossible failure yields the empty map rather than a panic.
+pub fn addresses() -> AddressMap {
+    AddressMap::parse(&addresses_text()).unwrap_or_default()
+}
+
+pub fn addresses_text() -> String {
+    string_value(&ADDRESSES)
+}
+
+pub fn dbid() -> Option<u16> {
+    u16::try_from(DBID.get()).ok().filter(|d| *d != 0)
+}
+
+pub fn socket_dir() -> PathBuf {
+    PathBuf::from(string_value(&SOCKET_DIR))
+}
+
+pub fn dialect() -> Dialect {
+    match DIALECT.get() {
+        DialectSetting::C => Dialect::C,
+        DialectSetting::B => Dialect::B,
+    }
+}
+
+pub fn max_packet_size() -> usize {
+    MAX_PACKET_SIZE.get() as usize
+}
+
+pub fn worker_threads() -> usize {
+    WORKER_THREADS.get() as usize
+}
+
+pub fn early_cache_bytes() -> usize {
+    EARLY_CACHE_SIZE.get() as usize * 1024
+}
+
+pub fn early_packet_ttl() -> std::time::Duration {
+    std::time::Duration::from_secs(EARLY_PACKET_TTL.get() as u64)
+}
+
+/// (pause, resume, ack interval) as configured.
+pub fn flow_thresholds() -> (u32, u32, u32) {
+    (
+        FLOW_PAUSE.get() as u32,
+        FLOW_RESUME.get() as u32,
+        FLOW_ACK_INTERVAL.get() as u32,
+    )
+}
+
+pub fn peer_retry_interval() -> std::time::Duration {
+    std::time::Duration::from_millis(PEER_RETRY_INTERVAL.get() as u64)
+}
+
+pub fn log_verbosity() -> LogVerbosity {
+    LOG_VERBOSITY.get()
+}
+
+fn string_value(s: &GucSetting<Option<CString>>) -> String {
+    s.get()
+        .map(|c| c.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+// ---- check hooks -----------------------------------------------------------
+
+/// Hands a message to PostgreSQL's GUC error reporting. The strings are
+/// palloc'd, as guc.c expects; this never raises an error itself.
+unsafe fn report(message: &str, detail: Option<&str>, hint: Option<&str>) {
+    unsafe {
+        pg_sys::GUC_check_errcode(pgrx::PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE as i32);
+        pg_sys::GUC_check_errmsg_string = palloc_str(message);
+        if let Some(d) = detail {
+            pg_sys::GUC_check_errdetail_string = palloc_str(d);
+        }
+        if let Some(h) = hint {
+            pg_sys::GUC_check_errhint_string = palloc_str(h);
+        }
+    }
+}
+
+unsafe fn palloc_str(s: &str) -> *mut c_char {
+    // Interior NULs cannot come from a GUC value; replace them to stay total.
+    let c = CString::new(s.replace('\0', " ")).unwrap_or_default();
+    unsafe { pg_sys::pstrdup(c.as_ptr()) }
+}
+
+unsafe fn hook_value<'a>(newval: *mut *mut c_char) -> Option<&'a str> {
+    unsafe {
+        if newval.is_null() || (*newval).is_null() {
+            return None;
+        }
+        CStr::from_ptr(*newval).to_str().ok()
+    }
+}
+
+#[pgrx::pg_guard]
+unsafe extern "C-unwind" fn check_addresses(
+    newval: *mut *mut c_char,
+    _extra: *mut *mut c_void,
+    _source: pg_sys::GucSource::Type,
+) -> bool {
+    let Some(value) = (unsafe { hook_value(newval) }) else {
+        // NULL means "no map": the same as the empty string.
+        return true;
+    };
+    match AddressMap::parse(value) {
+        Ok(_) => true,
+        Err(e) => {
+            let message = format!("invalid ic_proxy.addresses: {e}");
+            let detail = (e.problems.len() > 1).then(|| {
+                e.problems
+                    .iter()
+                    .map(|p| p.message())
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            });
+            unsafe { report(&message, detail.as_deref(), Some(&e.hint())) };
+            false
+        }
+    }
+}
+
+/// Room for "/.s.PGSQL.ic_proxy.65535.4194304" and the NUL inside sun_path.
+const SOCKET_NAME_ROOM: usize = 34;
+const SUN_PATH_LEN: usize = 108;
+
+#[pgrx::pg_guard]
+unsafe extern "C-unwind" fn check_socket_dir(
+    newval: *mut *mut c_char,
+    _extra: *mut *mut c_void,
+    _source: pg_sys::GucSource::Type,
+) -> bool {
+    let value = unsafe { hook_value(newval) }.unwrap_or("");
+    if !value.starts_with('/') {
+        unsafe {
+            report(
+                &format!("invalid ic_proxy.socket_dir: \"{value}\" is not an absolute path"),
+                None,
+                Some("Use an absolute directory such as /tmp, where Cloudberry's backends look."),
+            )
+        };
+        return false;
+    }
+    if value.len() + SOCKET_NAME_ROOM > SUN_PATH_LEN {
+        unsafe {
+            report(
+                &format!(
+                    "invalid ic_proxy.socket_dir: \"{value}\" is {} bytes, too long for a Unix socket path",
+                    value.len()
+                ),
+                Some(&format!(
+                    "A socket path holds at most {} bytes; the socket name needs {SOCKET_NAME_ROOM}.",
+                    SUN_PATH_LEN - 1
+                )),
+                Some("Choose a directory of at most 74 bytes."),
+            )
+        };
+        return false;
+    }
+    true
+}

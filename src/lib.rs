@@ -1,0 +1,54 @@
+//! cloudberry_ic_proxy: Cloudberry's interconnect proxy as a PostgreSQL
+//! extension. This crate is only the PostgreSQL shell (settings, SQL
+//! functions, the background worker); the proxy itself is `ic_proxy_core`,
+//! which never calls PostgreSQL.
+
+use pgrx::prelude::*;
+
+mod api;
+mod errors;
+mod gucs;
+
+::pgrx::pg_module_magic!(name, version);
+
+extension_sql_file!(
+    "../sql/gp_segment_configuration.sql",
+    name = "gp_segment_configuration"
+);
+
+#[pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    if !unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+        ereport!(
+            PgLogLevel::ERROR,
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            "cloudberry_ic_proxy must be loaded at server start",
+            "Add it to postgresql.conf: shared_preload_libraries = 'cloudberry_ic_proxy', then restart the server."
+        );
+    }
+    gucs::init();
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    #[pg_test]
+    fn check_reports_nothing_for_a_valid_map() {
+        let n = Spi::get_one::<i64>(
+            "SELECT count(*) FROM ic_proxy_addresses_check('1:-1:cdw:7000, 2:0:sdw1:7002')",
+        );
+        assert_eq!(n, Ok(Some(0)));
+    }
+}
+
+/// Required by `cargo pgrx test`.
+#[cfg(test)]
+pub mod pg_test {
+    pub fn setup(_options: Vec<&str>) {}
+
+    pub fn postgresql_conf_options() -> Vec<&'static str> {
+        vec!["shared_preload_libraries = 'cloudberry_ic_proxy'"]
+    }
+}
