@@ -8,6 +8,8 @@ use pgrx::prelude::*;
 mod api;
 mod errors;
 mod gucs;
+mod shmem;
+mod worker;
 
 ::pgrx::pg_module_magic!(name, version);
 
@@ -27,6 +29,8 @@ pub extern "C-unwind" fn _PG_init() {
         );
     }
     gucs::init();
+    shmem::init();
+    worker::register();
 }
 
 #[cfg(any(test, feature = "pg_test"))]

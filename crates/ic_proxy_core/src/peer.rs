@@ -518,6 +518,10 @@ async fn read_link(
                     continue;
                 }
             };
+            if h.session_id == PROBE_SESSION_ID && h.dst.pid == 0 && h.dst.dbid == me {
+                echo_probe(ctx, slot, h, arrival);
+                continue;
+            }
             if h.dst.dbid != me || h.src.dbid != slot.addr.dbid {
                 drop_packet(
                     ctx,
@@ -543,6 +547,22 @@ async fn read_link(
             },
         }
     }
+}
+
+/// Probes (`ic_proxy_ping()`) address no backend: the peer proxy itself
+/// sends DATA and BYE straight back, so a probe crosses the real mesh both
+/// ways. Its DATA_ACKs need no answer.
+pub const PROBE_SESSION_ID: i32 = i32::MIN;
+
+fn echo_probe(ctx: &Ctx, slot: &PeerSlot, h: &Header, a: Arrival) {
+    let (ptype, payload) = match a {
+        Arrival::Data(p) => (PacketType::Data, p),
+        Arrival::Bye => (PacketType::Bye, Bytes::new()),
+        Arrival::Ack => return,
+    };
+    let d = ctx.settings.dialect;
+    let back = LogicalConnKey::from_p2c(h).header(ptype, d, payload.len());
+    slot.send(OutFrame { header: back.encode(d), payload });
 }
 
 fn drop_packet(ctx: &Ctx, slot: &PeerSlot, why: &str) {

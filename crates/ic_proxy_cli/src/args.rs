@@ -1,0 +1,321 @@
+//! The command line of `ic-proxy`: every subcommand, option and value parser.
+//! Parsing only: nothing here opens a socket or reads a file.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
+use ic_proxy_client::{socket_path, ClientOptions, ConnSpec, Endpoint};
+use ic_proxy_core::protocol::{Dialect, DEFAULT_PACKET_SIZE, MAX_PACKET_SIZE_LIMIT, MIN_PACKET_SIZE};
+
+/// Where Cloudberry backends look for their proxy's socket.
+pub const DEFAULT_SOCKET_DIR: &str = "/tmp";
+
+/// Bytes of an ic-tcp packet's length field.
+pub const ICTCP_LEN_FIELD: usize = 4;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ic-proxy",
+    version,
+    about = "Cloudberry's interconnect proxy outside PostgreSQL, with backend-side test clients"
+)]
+pub struct Cli {
+    /// Least severe messages logged to stderr [default: info for run, warn otherwise]
+    #[arg(long, global = true, value_enum, value_name = "LEVEL", display_order = 100)]
+    pub log_level: Option<LogLevel>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run one proxy until SIGTERM or SIGINT; SIGHUP re-reads --addresses-file
+    Run(RunArgs),
+    /// Send stdin over one logical connection as a sending backend would
+    Send(ConnArgs),
+    /// Write what one logical connection receives to stdout
+    Recv(RecvArgs),
+    /// Validate an address map
+    Check(CheckArgs),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+}
+
+impl From<LogLevel> for log::LevelFilter {
+    fn from(l: LogLevel) -> Self {
+        match l {
+            LogLevel::Error => log::LevelFilter::Error,
+            LogLevel::Warn => log::LevelFilter::Warn,
+            LogLevel::Info => log::LevelFilter::Info,
+            LogLevel::Debug => log::LevelFilter::Debug,
+        }
+    }
+}
+
+/// Header dialect and packet size: both ends of the socket must agree.
+#[derive(Debug, Args)]
+pub struct WireArgs {
+    /// Header dialect: c (36 bytes with magic, current Cloudberry) or b (32 bytes)
+    #[arg(long, default_value = "c", value_name = "c|b", value_parser = parse_dialect)]
+    pub dialect: Dialect,
+    /// Largest ic-tcp packet, length field included (gp_max_packet_size, 512..=65471)
+    #[arg(long, default_value_t = DEFAULT_PACKET_SIZE, value_name = "N", value_parser = parse_packet_size)]
+    pub max_packet_size: usize,
+}
+
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("map").required(true).args(["addresses", "addresses_file"])))]
+pub struct RunArgs {
+    /// The address map, dbid:content:host:port[,...]
+    #[arg(long, value_name = "MAP")]
+    pub addresses: Option<String>,
+    /// A file holding the address map; SIGHUP re-reads it
+    #[arg(long, value_name = "FILE")]
+    pub addresses_file: Option<PathBuf>,
+    /// This instance's dbid; its peer address is its entry in the map
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub dbid: u16,
+    /// The postmaster port in the socket name
+    #[arg(long, value_name = "P")]
+    pub port: u16,
+    /// The postmaster pid in the socket name
+    #[arg(long, value_name = "PID")]
+    pub pid: u32,
+    /// Directory of the backend socket .s.PGSQL.ic_proxy.<port>.<pid>
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_SOCKET_DIR)]
+    pub socket_dir: PathBuf,
+    #[command(flatten)]
+    pub wire: WireArgs,
+    /// Runtime worker threads
+    #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub threads: u16,
+    /// Bytes of packets that may wait for a backend not yet connected [default: 64 MiB]
+    #[arg(long, value_name = "BYTES")]
+    pub early_cache_size: Option<usize>,
+}
+
+impl RunArgs {
+    pub fn socket_path(&self) -> PathBuf {
+        socket_path(&self.socket_dir, self.port, self.pid)
+    }
+}
+
+/// One logical connection, as the backend at this end knows it.
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("where").required(true).args(["socket", "port"])))]
+pub struct ConnArgs {
+    /// The proxy's backend socket
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["socket_dir", "port", "pid"])]
+    pub socket: Option<PathBuf>,
+    /// With --port and --pid: the socket's directory [default: /tmp]
+    #[arg(long, value_name = "DIR")]
+    pub socket_dir: Option<PathBuf>,
+    /// With --pid: the postmaster port in the socket name
+    #[arg(long, value_name = "P", requires = "pid")]
+    pub port: Option<u16>,
+    /// With --port: the postmaster pid in the socket name
+    #[arg(long, value_name = "PID", requires = "port")]
+    pub pid: Option<u32>,
+    #[command(flatten)]
+    pub wire: WireArgs,
+    /// gp_session_id
+    #[arg(long, value_name = "N", allow_hyphen_values = true)]
+    pub session: i32,
+    /// gp_command_count
+    #[arg(long, value_name = "N")]
+    pub command: u32,
+    /// Sending slice index (the same at both ends)
+    #[arg(long, value_name = "N")]
+    pub send_slice: i16,
+    /// Receiving slice index (the same at both ends)
+    #[arg(long, value_name = "N")]
+    pub recv_slice: i16,
+    /// This backend
+    #[arg(long, value_name = "CONTENT:DBID:PID", allow_hyphen_values = true, value_parser = parse_endpoint)]
+    pub local: Endpoint,
+    /// The backend at the other end
+    #[arg(long, value_name = "CONTENT:DBID:PID", allow_hyphen_values = true, value_parser = parse_endpoint)]
+    pub remote: Endpoint,
+    /// Seconds to keep trying to connect and be acknowledged
+    #[arg(long, value_name = "SECONDS", default_value = "10", value_parser = parse_seconds)]
+    pub connect_timeout: Duration,
+}
+
+impl ConnArgs {
+    pub fn socket_path(&self) -> PathBuf {
+        match (&self.socket, self.port, self.pid) {
+            (Some(path), _, _) => path.clone(),
+            (None, Some(port), Some(pid)) => {
+                let dir = self
+                    .socket_dir
+                    .as_deref()
+                    .unwrap_or(Path::new(DEFAULT_SOCKET_DIR));
+                socket_path(dir, port, pid)
+            }
+            // clap's groups require --socket or both --port and --pid.
+            _ => unreachable!("neither --socket nor --port/--pid"),
+        }
+    }
+
+    pub fn spec(&self) -> ConnSpec {
+        ConnSpec {
+            session_id: self.session,
+            command_id: self.command,
+            send_slice: self.send_slice,
+            recv_slice: self.recv_slice,
+            local: self.local,
+            remote: self.remote,
+        }
+    }
+
+    pub fn options(&self) -> ClientOptions {
+        ClientOptions {
+            dialect: self.wire.dialect,
+            max_packet_size: self.wire.max_packet_size,
+            connect_deadline: self.connect_timeout,
+            ..ClientOptions::default()
+        }
+    }
+
+    /// The largest payload of one ic-tcp packet.
+    pub fn max_payload(&self) -> usize {
+        self.wire.max_packet_size - ICTCP_LEN_FIELD
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct RecvArgs {
+    #[command(flatten)]
+    pub conn: ConnArgs,
+    /// At the end, print the number of packets and bytes received to stderr
+    #[arg(long)]
+    pub count: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("source").required(true).args(["map", "file"])))]
+pub struct CheckArgs {
+    /// The address map, dbid:content:host:port[,...]
+    #[arg(value_name = "MAP", allow_hyphen_values = true)]
+    pub map: Option<String>,
+    /// Read the map from this file instead
+    #[arg(long, value_name = "FILE")]
+    pub file: Option<PathBuf>,
+}
+
+fn parse_dialect(s: &str) -> Result<Dialect, String> {
+    s.parse::<Dialect>().map_err(|e| e.to_string())
+}
+
+fn parse_packet_size(s: &str) -> Result<usize, String> {
+    let n: usize = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a whole number of bytes"))?;
+    if (MIN_PACKET_SIZE..=MAX_PACKET_SIZE_LIMIT).contains(&n) {
+        Ok(n)
+    } else {
+        Err(format!(
+            "{n} is outside {MIN_PACKET_SIZE}..={MAX_PACKET_SIZE_LIMIT}"
+        ))
+    }
+}
+
+/// `CONTENT:DBID:PID`, e.g. `-1:1:4242` for a coordinator backend.
+fn parse_endpoint(s: &str) -> Result<Endpoint, String> {
+    let fields: Vec<&str> = s.split(':').collect();
+    let [content, dbid, pid] = fields[..] else {
+        return Err(format!(
+            "{s:?} is not CONTENT:DBID:PID (e.g. -1:1:4242), found {} field(s)",
+            fields.len()
+        ));
+    };
+    Ok(Endpoint {
+        content: content
+            .parse()
+            .map_err(|_| format!("content {content:?} is not a number in -32768..32767"))?,
+        dbid: dbid
+            .parse()
+            .map_err(|_| format!("dbid {dbid:?} is not a number in 0..65535"))?,
+        pid: pid
+            .parse()
+            .map_err(|_| format!("pid {pid:?} is not a number in -2147483648..2147483647"))?,
+    })
+}
+
+fn parse_seconds(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    Duration::try_from_secs_f64(secs).map_err(|_| format!("{s:?} is not a usable duration"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn endpoint_parses_negative_content() {
+        assert_eq!(
+            parse_endpoint("-1:1:4242"),
+            Ok(Endpoint {
+                content: -1,
+                dbid: 1,
+                pid: 4242
+            })
+        );
+        assert!(parse_endpoint("0:2").unwrap_err().contains("found 2 field(s)"));
+        assert!(parse_endpoint("0:x:1").unwrap_err().contains("dbid \"x\""));
+    }
+
+    #[test]
+    fn packet_size_bounds() {
+        assert_eq!(parse_packet_size("512"), Ok(512));
+        assert_eq!(parse_packet_size("65471"), Ok(65471));
+        assert_eq!(
+            parse_packet_size("511"),
+            Err("511 is outside 512..=65471".to_string())
+        );
+        assert!(parse_packet_size("65472").is_err());
+        assert!(parse_packet_size("8k").is_err());
+    }
+
+    #[test]
+    fn socket_is_given_or_computed() {
+        let common = [
+            "--session", "7", "--command", "3", "--send-slice", "1", "--recv-slice", "0",
+            "--local", "-1:1:10", "--remote", "0:2:20",
+        ];
+        let parse = |extra: &[&str]| {
+            let argv = ["ic-proxy", "send"].iter().chain(extra).chain(&common);
+            match Cli::try_parse_from(argv).map(|c| c.command) {
+                Ok(Command::Send(a)) => Ok(a),
+                Ok(other) => panic!("{other:?}"),
+                Err(e) => Err(e.kind()),
+            }
+        };
+        let a = parse(&["--port", "5432", "--pid", "99"]).unwrap();
+        assert_eq!(a.socket_path(), PathBuf::from("/tmp/.s.PGSQL.ic_proxy.5432.99"));
+        assert_eq!(a.spec().local.content, -1);
+        assert_eq!(a.max_payload(), 8188);
+        let a = parse(&["--socket-dir", "/run", "--port", "1", "--pid", "2"]).unwrap();
+        assert_eq!(a.socket_path(), PathBuf::from("/run/.s.PGSQL.ic_proxy.1.2"));
+        let a = parse(&["--socket", "/x/s"]).unwrap();
+        assert_eq!(a.socket_path(), PathBuf::from("/x/s"));
+        assert!(parse(&[]).is_err());
+        assert!(parse(&["--port", "1"]).is_err());
+        assert!(parse(&["--socket", "/x/s", "--port", "1", "--pid", "2"]).is_err());
+    }
+}

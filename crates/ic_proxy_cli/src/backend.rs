@@ -1,0 +1,206 @@
+//! `ic-proxy send` and `ic-proxy recv`: one backend of one logical
+//! connection, speaking to a proxy's Unix socket through `ic_proxy_client`.
+//! A sender streams stdin as ic-tcp packets, half-closes (BYE) and waits for
+//! the receiver's BYE; a receiver writes every payload to stdout and
+//! half-closes once the sender's BYE has arrived.
+
+use std::fmt;
+use std::future::Future;
+use std::io::{self, Read};
+use std::process::ExitCode;
+
+use bytes::{Bytes, BytesMut};
+use ic_proxy_client::{ClientError, LogicalConn, RecvHalf, RecvItem};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc;
+
+use crate::args::{ConnArgs, RecvArgs};
+use crate::EXIT_FAILURE;
+
+/// Bytes asked of stdin per read; one read becomes one write of as many
+/// packets as it fills.
+const STDIN_CHUNK: usize = 64 * 1024;
+/// Reads that may wait for the socket: bounds memory when the proxy is slow.
+const STDIN_QUEUE: usize = 4;
+
+#[derive(Debug)]
+enum BackendError {
+    Client(ClientError),
+    Stdin(io::Error),
+    Stdout(io::Error),
+    /// The other end closed without STOP before our BYE.
+    ReceiverGone { sent: u64 },
+}
+
+impl fmt::Display for BackendError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BackendError::Client(e) => e.fmt(f),
+            BackendError::Stdin(e) => write!(f, "cannot read stdin: {e}"),
+            BackendError::Stdout(e) => write!(f, "cannot write stdout: {e}"),
+            BackendError::ReceiverGone { sent } => write!(
+                f,
+                "the connection was closed by the other end before all of stdin was sent \
+                 ({sent} bytes sent)"
+            ),
+        }
+    }
+}
+
+impl From<ClientError> for BackendError {
+    fn from(e: ClientError) -> Self {
+        BackendError::Client(e)
+    }
+}
+
+/// How the other end finished, as seen by the sender.
+struct RemoteEnd {
+    /// It asked us to stop (a lone 'S' before its BYE).
+    stopped: bool,
+    /// Payloads it sent us, which a sender has no use for.
+    ignored_packets: u64,
+}
+
+pub fn send(args: ConnArgs) -> ExitCode {
+    block_on("send", send_stdin(args))
+}
+
+pub fn recv(args: RecvArgs) -> ExitCode {
+    block_on("recv", recv_stdout(args))
+}
+
+fn block_on(name: &str, work: impl Future<Output = Result<(), BackendError>>) -> ExitCode {
+    let result = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt.block_on(work),
+        Err(e) => Err(BackendError::Client(ClientError::Io(e))),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ic-proxy {name}: {e}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+async fn send_stdin(args: ConnArgs) -> Result<(), BackendError> {
+    let max_payload = args.max_payload();
+    let conn = LogicalConn::connect(&args.socket_path(), args.spec(), &args.options()).await?;
+    let (mut out, incoming) = conn.into_split();
+    let mut remote = tokio::spawn(await_remote_end(incoming));
+    let mut input = read_stdin();
+    let mut sent = 0u64;
+    let remote_end = loop {
+        tokio::select! {
+            chunk = input.recv() => match chunk {
+                Some(Ok(data)) => {
+                    let packets: Vec<&[u8]> = data.chunks(max_payload).collect();
+                    out.send_packets(&packets).await?;
+                    sent += data.len() as u64;
+                }
+                Some(Err(e)) => return Err(BackendError::Stdin(e)),
+                None => break None,
+            },
+            end = &mut remote => break Some(joined(end)?),
+        }
+    };
+    out.finish().await?;
+    let end = match remote_end {
+        Some(end) if !end.stopped => return Err(BackendError::ReceiverGone { sent }),
+        Some(end) => end,
+        None => joined(remote.await)?,
+    };
+    if end.stopped {
+        log::warn!("ic-proxy send: the receiver asked to stop after {sent} bytes");
+    }
+    if end.ignored_packets > 0 {
+        log::warn!(
+            "ic-proxy send: ignored {} packet(s) from the receiver",
+            end.ignored_packets
+        );
+    }
+    Ok(())
+}
+
+fn joined(
+    end: Result<Result<RemoteEnd, ClientError>, tokio::task::JoinError>,
+) -> Result<RemoteEnd, BackendError> {
+    match end {
+        Ok(r) => Ok(r?),
+        Err(e) => Err(BackendError::Client(ClientError::Io(io::Error::other(e)))),
+    }
+}
+
+/// Reads until the other end's BYE; STOP comes right before it.
+async fn await_remote_end(mut incoming: RecvHalf) -> Result<RemoteEnd, ClientError> {
+    let mut end = RemoteEnd {
+        stopped: false,
+        ignored_packets: 0,
+    };
+    loop {
+        match incoming.recv().await? {
+            RecvItem::Packet(_) => end.ignored_packets += 1,
+            RecvItem::Stop => end.stopped = true,
+            RecvItem::Eof => return Ok(end),
+        }
+    }
+}
+
+/// Stdin on a thread of its own: a blocking read cannot be cancelled, and
+/// the process must be able to exit while one is pending (STOP received,
+/// input still open). Each read is passed on as soon as it returns.
+fn read_stdin() -> mpsc::Receiver<io::Result<Bytes>> {
+    let (tx, rx) = mpsc::channel(STDIN_QUEUE);
+    std::thread::spawn(move || {
+        let mut stdin = io::stdin().lock();
+        loop {
+            let mut buf = BytesMut::zeroed(STDIN_CHUNK);
+            let item = match stdin.read(&mut buf) {
+                Ok(0) => return,
+                Ok(n) => {
+                    buf.truncate(n);
+                    Ok(buf.freeze())
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => Err(e),
+            };
+            let failed = item.is_err();
+            if tx.blocking_send(item).is_err() || failed {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+async fn recv_stdout(args: RecvArgs) -> Result<(), BackendError> {
+    let conn = &args.conn;
+    let mut conn = LogicalConn::connect(&conn.socket_path(), conn.spec(), &conn.options()).await?;
+    let mut stdout = tokio::io::stdout();
+    let (mut packets, mut bytes) = (0u64, 0u64);
+    loop {
+        match conn.recv().await? {
+            RecvItem::Packet(payload) => {
+                stdout
+                    .write_all(&payload)
+                    .await
+                    .map_err(BackendError::Stdout)?;
+                stdout.flush().await.map_err(BackendError::Stdout)?;
+                packets += 1;
+                bytes += payload.len() as u64;
+            }
+            // Receivers send STOP, senders do not; nothing to do but wait
+            // for the BYE behind it.
+            RecvItem::Stop => log::warn!("ic-proxy recv: the other end sent STOP"),
+            RecvItem::Eof => break,
+        }
+    }
+    conn.finish().await?;
+    if args.count {
+        eprintln!("received {packets} packets, {bytes} bytes");
+    }
+    Ok(())
+}

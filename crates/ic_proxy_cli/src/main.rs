@@ -1,0 +1,38 @@
+//! `ic-proxy`: one interconnect proxy outside PostgreSQL (`run`), a sending
+//! or receiving backend for one logical connection (`send`, `recv`), and an
+//! address map checker (`check`). A thin shell over `ic_proxy_core` and
+//! `ic_proxy_client`: it parses arguments, owns signals and stdio, and never
+//! implements protocol or routing itself.
+#![forbid(unsafe_code)]
+
+mod args;
+mod backend;
+mod logger;
+mod map_source;
+mod proxy;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use args::{Cli, Command, LogLevel};
+
+/// A runtime or connection failure; also `check`'s "the map is invalid".
+pub(crate) const EXIT_FAILURE: u8 = 1;
+/// Bad arguments or an unusable map before anything started (clap's code too).
+pub(crate) const EXIT_USAGE: u8 = 2;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let default_level = match cli.command {
+        Command::Run(_) => LogLevel::Info,
+        _ => LogLevel::Warn,
+    };
+    logger::init(cli.log_level.unwrap_or(default_level).into());
+    match cli.command {
+        Command::Run(a) => proxy::run_proxy(a),
+        Command::Send(a) => backend::send(a),
+        Command::Recv(a) => backend::recv(a),
+        Command::Check(a) => map_source::check(a),
+    }
+}

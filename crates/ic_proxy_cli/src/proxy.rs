@@ -1,0 +1,200 @@
+//! `ic-proxy run`: hosts one proxy runtime the way the extension's worker
+//! does, minus PostgreSQL. It owns the process's signals (SIGHUP reloads
+//! the map file, SIGTERM and SIGINT stop) and never lets a bad reload
+//! replace a working map.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ic_proxy_core::config::AddressMap;
+use ic_proxy_core::{run, Listeners, ProxySettings, RuntimeConfig, StatusBoard};
+use tokio::signal::unix::{signal, Signal, SignalKind};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::args::RunArgs;
+use crate::map_source::{count, problem_lines, LoadError, MapSource};
+use crate::{EXIT_FAILURE, EXIT_USAGE};
+
+/// How long runtime threads may linger once the proxy has stopped; the core
+/// already bounds its own stop.
+const RUNTIME_GRACE: Duration = Duration::from_secs(1);
+
+pub fn run_proxy(args: RunArgs) -> ExitCode {
+    let source = match (&args.addresses, &args.addresses_file) {
+        (Some(map), _) => MapSource::Inline(map.clone()),
+        (None, Some(file)) => MapSource::File(file.clone()),
+        // clap's group requires one of them.
+        (None, None) => unreachable!("neither --addresses nor --addresses-file"),
+    };
+    let map = match source.load() {
+        Ok(map) => map,
+        Err(e) => {
+            eprintln!("ic-proxy: {e}");
+            if let LoadError::Invalid(problems) = &e {
+                for line in problem_lines(problems) {
+                    eprintln!("{line}");
+                }
+            }
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+
+    let mut settings = ProxySettings::new(args.dbid, args.socket_path());
+    // --pid names the socket after the postmaster; PEER_HELLO carries the
+    // proxy's own pid, as the C proxy sends MyProcPid.
+    settings.pid = std::process::id() as i32;
+    settings.dialect = args.wire.dialect;
+    settings.max_packet_size = args.wire.max_packet_size;
+    let mut config = RuntimeConfig::new(map);
+    if let Some(bytes) = args.early_cache_size {
+        config.early_cache_bytes = bytes;
+    }
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(usize::from(args.threads))
+        .thread_name("ic-proxy-worker")
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            log::error!("ic-proxy: cannot start the runtime: {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    let code = runtime.block_on(serve(settings, config, source));
+    runtime.shutdown_timeout(RUNTIME_GRACE);
+    code
+}
+
+struct Signals {
+    hangup: Signal,
+    terminate: Signal,
+    interrupt: Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        Ok(Signals {
+            hangup: signal(SignalKind::hangup())?,
+            terminate: signal(SignalKind::terminate())?,
+            interrupt: signal(SignalKind::interrupt())?,
+        })
+    }
+}
+
+async fn serve(settings: ProxySettings, config: RuntimeConfig, source: MapSource) -> ExitCode {
+    // Before the socket exists, so nobody can signal a proxy that would
+    // still die of the default action.
+    let mut signals = match Signals::install() {
+        Ok(s) => s,
+        Err(e) => {
+            log::error!("ic-proxy: cannot install signal handlers: {e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    log::info!(
+        "ic-proxy: dbid {}: backends connect to {}, peers to {}",
+        settings.dbid,
+        settings.socket_path.display(),
+        peer_address(&config.map, settings.dbid)
+    );
+
+    let (config_tx, config_rx) = watch::channel(Arc::new(config));
+    let shutdown = CancellationToken::new();
+    let mut proxy = tokio::spawn(run(
+        settings,
+        config_rx,
+        Listeners::default(),
+        shutdown.clone(),
+        StatusBoard::new(),
+    ));
+    loop {
+        tokio::select! {
+            ended = &mut proxy => {
+                // Only a failure ends the runtime before it is cancelled.
+                return exit_code(ended);
+            }
+            _ = signals.hangup.recv() => reload(&source, &config_tx),
+            _ = signals.terminate.recv() => {
+                log::info!("ic-proxy: SIGTERM received, stopping");
+                break;
+            }
+            _ = signals.interrupt.recv() => {
+                log::info!("ic-proxy: SIGINT received, stopping");
+                break;
+            }
+        }
+    }
+    shutdown.cancel();
+    let code = exit_code(proxy.await);
+    log::info!("ic-proxy: stopped");
+    code
+}
+
+fn exit_code(
+    ended: Result<Result<(), ic_proxy_core::ProxyError>, tokio::task::JoinError>,
+) -> ExitCode {
+    match ended {
+        Ok(Ok(())) => ExitCode::SUCCESS,
+        Ok(Err(e)) => {
+            log::error!("ic-proxy: {e}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+        Err(e) => {
+            log::error!("ic-proxy: the proxy task failed: {e}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}
+
+fn peer_address(map: &AddressMap, dbid: u16) -> String {
+    match map.get(dbid) {
+        Some(e) => format!("{} (content {})", e.socket_addr_string(), e.content),
+        None => format!("nothing (dbid {dbid} is not in the address map)"),
+    }
+}
+
+/// SIGHUP: re-read the map file and hand a valid, changed map to the
+/// runtime; anything else leaves the map in force untouched.
+fn reload(source: &MapSource, config: &watch::Sender<Arc<RuntimeConfig>>) {
+    if let MapSource::Inline(_) = source {
+        log::warn!("ic-proxy: SIGHUP: the map came from --addresses, nothing to re-read");
+        return;
+    }
+    let current = config.borrow().clone();
+    let map = match source.load() {
+        Ok(map) => map,
+        Err(e) => {
+            log::error!(
+                "ic-proxy: reload of {source} rejected: {e}; keeping the map in force ({})",
+                count(current.map.len(), "entry")
+            );
+            if let LoadError::Invalid(problems) = &e {
+                for line in problem_lines(problems) {
+                    log::error!("ic-proxy: {line}");
+                }
+            }
+            return;
+        }
+    };
+    if map == current.map {
+        log::info!("ic-proxy: reload of {source}: the map is unchanged");
+        return;
+    }
+    let diff = AddressMap::diff(&current.map, &map);
+    log::info!(
+        "ic-proxy: reload of {source}: applying {} ({} added, {} removed, {} changed)",
+        count(map.len(), "entry"),
+        diff.added.len(),
+        diff.removed.len(),
+        diff.changed.len()
+    );
+    // No receiver means the runtime has ended; the main loop sees that.
+    let _ = config.send(Arc::new(RuntimeConfig {
+        map,
+        ..(*current).clone()
+    }));
+}

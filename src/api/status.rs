@@ -1,0 +1,175 @@
+//! Live state of this instance's proxy, read from shared memory in the
+//! calling backend: one row per map entry, and the proxy's own facts.
+
+use pgrx::prelude::*;
+
+use crate::{gucs, shmem};
+
+fn timestamp(ms: u64) -> Option<TimestampWithTimeZone> {
+    if ms == 0 {
+        return None;
+    }
+    // Unix epoch milliseconds -> microseconds since PostgreSQL's epoch (2000-01-01).
+    TimestampWithTimeZone::try_from((ms as i64 - 946_684_800_000) * 1000).ok()
+}
+
+
+/// One row per entry of the map: the link's state and its counters. When
+/// the proxy is not running, every entry says so.
+#[pg_extern(volatile, parallel_safe)]
+fn ic_proxy_status() -> TableIterator<'static, (
+    name!(dbid, i16),
+    name!(content, i16),
+    name!(address, String),
+    name!(port, i32),
+    name!(state, String),
+    name!(since, Option<TimestampWithTimeZone>),
+    name!(bytes_in, i64),
+    name!(bytes_out, i64),
+    name!(packets_in, i64),
+    name!(packets_out, i64),
+    name!(logical_connections, i64),
+    name!(cached_bytes, i64),
+    name!(drops, i64),
+    name!(reconnects, i64),
+    name!(last_error, Option<String>),
+)> {
+    let rows: Vec<_> = shmem::with(|a| {
+        if a.running {
+            a.rows()
+                .iter()
+                .map(|r| {
+                    let err = r.last_error();
+                    (
+                        r.dbid as i16,
+                        r.content,
+                        r.host(),
+                        i32::from(r.port),
+                        r.state_name().to_string(),
+                        timestamp(r.since_ms),
+                        r.bytes_in as i64,
+                        r.bytes_out as i64,
+                        r.packets_in as i64,
+                        r.packets_out as i64,
+                        r.logical_conns as i64,
+                        r.cached_bytes as i64,
+                        r.drops as i64,
+                        r.reconnects as i64,
+                        (!err.is_empty()).then_some(err),
+                    )
+                })
+                .collect()
+        } else {
+            Vec::new()
+        }
+    });
+    if !rows.is_empty() {
+        return TableIterator::new(rows);
+    }
+    let me = gucs::dbid();
+    let rows: Vec<_> = gucs::addresses()
+        .entries()
+        .iter()
+        .map(|e| {
+            let state = if Some(e.dbid) == me { "self" } else { "not running" };
+            (
+                e.dbid as i16,
+                e.content,
+                e.host.clone(),
+                i32::from(e.port),
+                state.to_string(),
+                None,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                0,
+                Some(not_running_reason()),
+            )
+        })
+        .collect();
+    TableIterator::new(rows)
+}
+
+fn not_running_reason() -> String {
+    if gucs::dbid().is_none() {
+        "the proxy is off: ic_proxy.dbid is not set".to_string()
+    } else {
+        "the proxy worker is not running (see the server log)".to_string()
+    }
+}
+
+
+/// The proxy's own facts in one row: listeners, socket, dialect, threads,
+/// uptime, map generation and the proxy-wide counters.
+#[pg_extern(volatile, parallel_safe)]
+fn ic_proxy_info() -> TableIterator<'static, (
+    name!(running, bool),
+    name!(worker_pid, Option<i32>),
+    name!(dbid, Option<i16>),
+    name!(content, Option<i16>),
+    name!(peer_listener, String),
+    name!(peer_listener_detail, Option<String>),
+    name!(backend_socket, String),
+    name!(backend_socket_detail, Option<String>),
+    name!(dialect, String),
+    name!(threads, i32),
+    name!(max_packet_size, i32),
+    name!(started, Option<TimestampWithTimeZone>),
+    name!(map_generation, i64),
+    name!(logical_connections, i64),
+    name!(logical_connections_total, i64),
+    name!(early_cache_bytes, i64),
+    name!(early_dropped_connections, i64),
+    name!(rejected_connections, i64),
+    name!(dropped_packets, i64),
+    name!(flow_violations, i64),
+    name!(updated, Option<TimestampWithTimeZone>),
+)> {
+    let row = shmem::with(|a| {
+        let (pl, pld) = a.peer_listener();
+        let (bl, bld) = a.backend_listener();
+        let opt = |s: String| (!s.is_empty()).then_some(s);
+        let running = a.running;
+        (
+            running,
+            (a.generation > 0 && a.worker_pid != 0).then_some(a.worker_pid),
+            gucs::dbid().map(|d| d as i16),
+            (running && a.content != i16::MIN).then_some(a.content),
+            if running { pl } else { "down".to_string() },
+            if running { opt(pld) } else { Some(not_running_reason()) },
+            if running { bl } else { "down".to_string() },
+            opt(if running { bld } else { a.socket_path() }),
+            gucs::dialect().name().to_string(),
+            gucs::worker_threads() as i32,
+            gucs::max_packet_size() as i32,
+            if running { timestamp(a.started_ms) } else { None },
+            a.map_generation as i64,
+            a.sessions_open as i64,
+            a.sessions_total as i64,
+            a.early_cache_bytes as i64,
+            a.early_dropped_conns as i64,
+            a.rejected_connections as i64,
+            a.dropped_packets as i64,
+            a.flow_violations as i64,
+            timestamp(a.updated_ms),
+        )
+    });
+    TableIterator::once(row)
+}
+
+extension_sql!(
+    r#"
+CREATE VIEW ic_proxy_peers AS
+    SELECT dbid, content, address, port, state, since, logical_connections,
+           bytes_in, bytes_out, cached_bytes, drops, reconnects, last_error
+      FROM ic_proxy_status()
+     WHERE state <> 'self';
+COMMENT ON VIEW ic_proxy_peers IS 'The links of this instance''s interconnect proxy to its peers';
+"#,
+    name = "ic_proxy_peers",
+    requires = [ic_proxy_status]
+);
