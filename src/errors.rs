@@ -7,6 +7,7 @@ use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::PgSqlErrorCode;
 
 /// A map that does not validate: 22023 invalid_parameter_value.
+#[track_caller]
 pub fn map_error(context: &str, e: &MapError) -> ErrorReport {
     let mut report = ErrorReport::new(
         PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
@@ -21,10 +22,12 @@ pub fn map_error(context: &str, e: &MapError) -> ErrorReport {
     report
 }
 
+#[track_caller]
 pub fn error(code: PgSqlErrorCode, message: String, hint: &str) -> ErrorReport {
     ErrorReport::new(code, message, function_name()).set_hint(hint.to_string())
 }
 
+#[track_caller]
 pub fn spi_error(e: pgrx::spi::Error) -> ErrorReport {
     ErrorReport::new(
         PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,

@@ -323,7 +323,7 @@ unsafe extern "C-unwind" fn check_addresses(
 }
 
 /// Room for "/.s.PGSQL.ic_proxy.65535.4194304" and the NUL inside sun_path.
-const SOCKET_NAME_ROOM: usize = 34;
+const SOCKET_NAME_ROOM: usize = 33;
 const SUN_PATH_LEN: usize = 108;
 
 #[pgrx::pg_guard]
@@ -351,10 +351,14 @@ unsafe extern "C-unwind" fn check_socket_dir(
                     value.len()
                 ),
                 Some(&format!(
-                    "A socket path holds at most {} bytes; the socket name needs {SOCKET_NAME_ROOM}.",
-                    SUN_PATH_LEN - 1
+                    "A socket path holds at most {} bytes, and the socket's own name takes {} of them.",
+                    SUN_PATH_LEN - 1,
+                    SOCKET_NAME_ROOM - 1
                 )),
-                Some("Choose a directory of at most 74 bytes."),
+                Some(&format!(
+                    "Choose a directory of at most {} bytes.",
+                    SUN_PATH_LEN - SOCKET_NAME_ROOM
+                )),
             )
         };
         return false;

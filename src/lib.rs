@@ -3,6 +3,12 @@
 //! functions, the background worker); the proxy itself is `ic_proxy_core`,
 //! which never calls PostgreSQL.
 
+// SQL functions return Result<_, ErrorReport> so errors carry a SQLSTATE, a
+// detail and a hint; the report is large by design and only built on errors.
+#![allow(clippy::result_large_err)]
+// pgrx needs the column list of a TableIterator spelled out in the signature.
+#![allow(clippy::type_complexity)]
+
 use pgrx::prelude::*;
 
 mod api;
@@ -21,12 +27,15 @@ extension_sql_file!(
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     if !unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
-        ereport!(
-            PgLogLevel::ERROR,
+        pgrx::pg_sys::panic::ErrorReport::new(
             PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             "cloudberry_ic_proxy must be loaded at server start",
-            "Add it to postgresql.conf: shared_preload_libraries = 'cloudberry_ic_proxy', then restart the server."
-        );
+            "_PG_init",
+        )
+        .set_hint(
+            "Add it to postgresql.conf: shared_preload_libraries = 'cloudberry_ic_proxy', then restart the server.",
+        )
+        .report(PgLogLevel::ERROR);
     }
     gucs::init();
     shmem::init();

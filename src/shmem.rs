@@ -175,7 +175,10 @@ impl StatusArea {
         (get(&self.peer_listener), get(&self.peer_listener_detail))
     }
     pub fn backend_listener(&self) -> (String, String) {
-        (get(&self.backend_listener), get(&self.backend_listener_detail))
+        (
+            get(&self.backend_listener),
+            get(&self.backend_listener_detail),
+        )
     }
     pub fn socket_path(&self) -> String {
         get(&self.socket_path)

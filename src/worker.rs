@@ -5,14 +5,16 @@
 //! call PostgreSQL: they talk to this thread through a channel, a watch and
 //! atomics.
 
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use ic_proxy_core::flow::FlowParams;
 use ic_proxy_core::{run, socket_path, Listeners, ProxySettings, RuntimeConfig, StatusBoard};
-use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags};
+use pgrx::bgworkers::{
+    BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags,
+};
 use pgrx::prelude::*;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -60,7 +62,10 @@ impl log::Log for ChannelLog {
         if !self.enabled(r.metadata()) {
             return;
         }
-        let line = Line { level: r.level(), text: r.args().to_string() };
+        let line = Line {
+            level: r.level(),
+            text: r.args().to_string(),
+        };
         if let Err(TrySendError::Full(_)) = self.tx.try_send(line) {
             self.dropped.fetch_add(1, Relaxed);
         }
@@ -70,7 +75,10 @@ impl log::Log for ChannelLog {
 
 fn install_logger() -> Receiver<Line> {
     let (tx, rx) = sync_channel(4096);
-    let _ = LOGGER.set(ChannelLog { tx, dropped: AtomicU64::new(0) });
+    let _ = LOGGER.set(ChannelLog {
+        tx,
+        dropped: AtomicU64::new(0),
+    });
     if let Some(l) = LOGGER.get() {
         let _ = log::set_logger(l);
     }
@@ -137,15 +145,24 @@ pub extern "C-unwind" fn ic_proxy_worker_main(_arg: pg_sys::Datum) {
         shmem::mark_stopped();
         return; // exit 0: not restarted
     };
-    let (port, postmaster_pid, my_pid) =
-        unsafe { (pg_sys::PostPortNumber as u16, pg_sys::PostmasterPid as u32, pg_sys::MyProcPid) };
+    let (port, postmaster_pid, my_pid) = unsafe {
+        (
+            pg_sys::PostPortNumber as u16,
+            pg_sys::PostmasterPid as u32,
+            pg_sys::MyProcPid,
+        )
+    };
     let socket = socket_path(&gucs::socket_dir(), port, postmaster_pid);
     let (pause_at, resume_at, ack_interval) = gucs::flow_thresholds();
     let mut settings = ProxySettings::new(dbid, socket.clone());
     settings.pid = my_pid;
     settings.dialect = gucs::dialect();
     settings.max_packet_size = gucs::max_packet_size();
-    settings.flow = FlowParams { pause_at, resume_at, ack_interval };
+    settings.flow = FlowParams {
+        pause_at,
+        resume_at,
+        ack_interval,
+    };
     if let Err(e) = settings.flow.validate() {
         // A restart would fail the same way: stay off and say why.
         warning!("ic-proxy: invalid flow-control settings: {e}; the proxy stays off until they are fixed and the server restarted");
@@ -176,7 +193,9 @@ pub extern "C-unwind" fn ic_proxy_worker_main(_arg: pg_sys::Datum) {
     let handle = {
         let (settings, status, shutdown) = (settings, status.clone(), shutdown.clone());
         with_signals_blocked(|| {
-            runtime.spawn(async move { run(settings, config_rx, Listeners::default(), shutdown, status).await })
+            runtime.spawn(async move {
+                run(settings, config_rx, Listeners::default(), shutdown, status).await
+            })
         })
     };
     log!("ic-proxy: started (dbid {dbid}, socket {identity_socket}, dialect {dialect_name}, {threads} threads)");
@@ -211,6 +230,7 @@ pub extern "C-unwind" fn ic_proxy_worker_main(_arg: pg_sys::Datum) {
             // No one to serve: stop at once, without the grace period.
             shutdown.cancel();
             runtime.shutdown_timeout(Duration::from_millis(200));
+            let _ = std::fs::remove_file(&socket);
             unsafe { pg_sys::proc_exit(1) };
         }
         if BackgroundWorker::sigterm_received() {
@@ -229,7 +249,10 @@ pub extern "C-unwind" fn ic_proxy_worker_main(_arg: pg_sys::Datum) {
                 }
             });
             if changed {
-                log!("ic-proxy: configuration reloaded ({} entries in the map)", next.map.len());
+                log!(
+                    "ic-proxy: configuration reloaded ({} entries in the map)",
+                    next.map.len()
+                );
             }
         }
         drain_log(&logs);

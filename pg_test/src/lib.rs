@@ -129,7 +129,9 @@ fn run(mut cmd: Command, stdin: Option<&str>) -> Result<Output, String> {
         cmd.stdin(Stdio::piped());
     }
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = cmd.spawn().map_err(|e| format!("cannot run {describe}: {e}"))?;
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot run {describe}: {e}"))?;
     if let Some(text) = stdin {
         let mut pipe = child.stdin.take().expect("piped stdin");
         pipe.write_all(text.as_bytes())
@@ -268,7 +270,11 @@ pub fn child_processes(parent: u32) -> Vec<(u32, String)> {
         return children;
     };
     for entry in dir.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
             continue;
         };
         let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
@@ -344,7 +350,16 @@ impl PgInstance {
             .current_dir(instance.root.path())
             .arg("-D")
             .arg(instance.data_dir())
-            .args(["-U", "postgres", "-A", "trust", "-E", "UTF8", "--locale=C", "--no-sync"]);
+            .args([
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--no-sync",
+            ]);
         run_ok(initdb, None)?;
 
         let mut conf = vec![
@@ -497,6 +512,26 @@ impl PgInstance {
         let children: Vec<u32> = child_processes(pid).into_iter().map(|(p, _)| p).collect();
         send_signal(pid, libc::SIGKILL)?;
         wait_for_exit(&[pid], SERVER_TIMEOUT)?;
+        if Path::new(&format!("/proc/{pid}")).exists() {
+            // A zombie: in a container whose init does not reap orphans the
+            // dead postmaster keeps its pid, and a new postmaster would take
+            // postmaster.pid (and the socket's lock file) for a live
+            // server's. A reaping init removes the pid; here the harness
+            // removes the stale lock files instead.
+            let locks = [
+                self.data_dir().join("postmaster.pid"),
+                self.socket_dir()
+                    .join(format!(".s.PGSQL.{}.lock", self.port)),
+            ];
+            for lock in locks {
+                match fs::remove_file(&lock) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(format!("remove {}: {e}", lock.display()))
+                    }
+                    _ => {}
+                }
+            }
+        }
         self.orphans.extend(&children);
         Ok(children)
     }
@@ -598,10 +633,7 @@ impl PgCluster {
     /// initdb of `n` instances, each with the postgresql.conf lines
     /// `settings(dbid, content)` returns; none is started, so a test can
     /// first write settings that need every port (e.g. the address map).
-    pub fn new(
-        n: usize,
-        settings: impl Fn(u16, i16) -> Vec<String>,
-    ) -> Result<PgCluster, String> {
+    pub fn new(n: usize, settings: impl Fn(u16, i16) -> Vec<String>) -> Result<PgCluster, String> {
         assert!(n >= 1, "a cluster needs a coordinator");
         let mut members = Vec::with_capacity(n);
         for k in 0..n {
@@ -659,9 +691,7 @@ impl PgCluster {
     }
 
     pub fn start_all(&mut self) -> Result<(), String> {
-        self.members
-            .iter_mut()
-            .try_for_each(|m| m.instance.start())
+        self.members.iter_mut().try_for_each(|m| m.instance.start())
     }
 
     pub fn stop_all(&mut self) -> Result<(), String> {
@@ -687,7 +717,11 @@ impl PgCluster {
                     m.dbid,
                     m.content,
                     m.instance.port(),
-                    m.instance.data_dir().display().to_string().replace('\'', "''")
+                    m.instance
+                        .data_dir()
+                        .display()
+                        .to_string()
+                        .replace('\'', "''")
                 )
             })
             .collect();

@@ -56,9 +56,11 @@ fn alter_system_applies_a_map_and_refuses_bad_ones() {
         ],
         "{err}"
     );
-    let auto_conf = std::fs::read_to_string(server.data_dir().join("postgresql.auto.conf")).unwrap();
+    let auto_conf =
+        std::fs::read_to_string(server.data_dir().join("postgresql.auto.conf")).unwrap();
     assert!(
-        auto_conf.contains(&format!("ic_proxy.addresses = '{good}'")) && !auto_conf.contains("99999"),
+        auto_conf.contains(&format!("ic_proxy.addresses = '{good}'"))
+            && !auto_conf.contains("99999"),
         "ALTER SYSTEM left the good map in postgresql.auto.conf:\n{auto_conf}"
     );
 

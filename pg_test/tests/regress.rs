@@ -5,13 +5,15 @@
 //! To write or update an expected file: run this test with
 //! `IC_PROXY_REGRESS_RESULTS=<dir>`, which receives the actual outputs;
 //! read every line, then copy the right ones to tests/pg_regress/expected/.
+//! (A new test needs an expected file, even an empty one: pg_regress stops
+//! at the first test whose expected file is missing.)
 
 use std::fs;
 use std::path::{Path, PathBuf};
 
 use ic_proxy_cluster_tests::{
-    command_as_server_user, copy_tree_for_server, pg_bindir, pg_regress_path,
-    server_owned_tempdir, PgInstance, PRELOAD,
+    command_as_server_user, copy_tree_for_server, pg_bindir, pg_regress_path, server_owned_tempdir,
+    PgInstance, PRELOAD,
 };
 
 const DBNAME: &str = "regression_ic_proxy";

@@ -20,23 +20,35 @@ use crate::{gucs, shmem};
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 static PROBE_SEQ: AtomicU32 = AtomicU32::new(1);
 
-
 /// Probes one peer (`dbid`) or every peer this instance exchanges traffic
 /// with: this backend -> local proxy -> peer proxy -> back.
 #[pg_extern(volatile, parallel_unsafe)]
-fn ic_proxy_ping(dbid: default!(Option<i32>, "NULL")) -> TableIterator<'static, (
-    name!(dbid, i16),
-    name!(content, i16),
-    name!(ok, bool),
-    name!(rtt_ms, Option<f64>),
-    name!(error, Option<String>),
-)> {
+fn ic_proxy_ping(
+    dbid: default!(Option<i32>, "NULL"),
+) -> TableIterator<
+    'static,
+    (
+        name!(dbid, i16),
+        name!(content, i16),
+        name!(ok, bool),
+        name!(rtt_ms, Option<f64>),
+        name!(error, Option<String>),
+    ),
+> {
     let map = gucs::addresses();
     let Some(me) = gucs::dbid() else {
-        return TableIterator::new(error_rows(&map, dbid, "the proxy is off: ic_proxy.dbid is not set"));
+        return TableIterator::new(error_rows(
+            &map,
+            dbid,
+            "the proxy is off: ic_proxy.dbid is not set",
+        ));
     };
     let Some(my_entry) = map.get(me).cloned() else {
-        return TableIterator::new(error_rows(&map, dbid, "this instance's dbid is not in ic_proxy.addresses"));
+        return TableIterator::new(error_rows(
+            &map,
+            dbid,
+            "this instance's dbid is not in ic_proxy.addresses",
+        ));
     };
     let targets: Vec<PeerAddr> = match dbid {
         Some(d) => match map.entries().iter().find(|e| i32::from(e.dbid) == d) {
@@ -60,11 +72,19 @@ fn ic_proxy_ping(dbid: default!(Option<i32>, "NULL")) -> TableIterator<'static, 
             .collect(),
     };
     let states = shmem::with(|a| {
-        a.rows().iter().map(|r| (r.dbid, r.state_name(), r.last_error())).collect::<Vec<_>>()
+        a.rows()
+            .iter()
+            .map(|r| (r.dbid, r.state_name(), r.last_error()))
+            .collect::<Vec<_>>()
     });
     let running = shmem::with(|a| a.running);
-    let (port, pm_pid, my_pid) =
-        unsafe { (pg_sys::PostPortNumber as u16, pg_sys::PostmasterPid as u32, pg_sys::MyProcPid) };
+    let (port, pm_pid, my_pid) = unsafe {
+        (
+            pg_sys::PostPortNumber as u16,
+            pg_sys::PostmasterPid as u32,
+            pg_sys::MyProcPid,
+        )
+    };
     let socket = socket_path(&gucs::socket_dir(), port, pm_pid);
     let dialect = gucs::dialect();
     let mut rows = Vec::with_capacity(targets.len());
@@ -83,25 +103,47 @@ fn ic_proxy_ping(dbid: default!(Option<i32>, "NULL")) -> TableIterator<'static, 
             continue;
         }
         if !running {
-            rows.push(fail("the proxy worker is not running (see the server log)".into()));
+            rows.push(fail(
+                "the proxy worker is not running (see the server log)".into(),
+            ));
             continue;
         }
         match states.iter().find(|(d, _, _)| *d == t.dbid) {
             Some((_, "connected", _)) => {}
             Some((_, state, err)) => {
-                let why = if err.is_empty() { String::new() } else { format!(": {err}") };
+                let why = if err.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {err}")
+                };
                 rows.push(fail(format!("peer is {state}{why}")));
                 continue;
             }
             None => {
-                rows.push(fail("the proxy does not know this peer yet (reload in progress?)".into()));
+                rows.push(fail(
+                    "the proxy does not know this peer yet (reload in progress?)".into(),
+                ));
                 continue;
             }
         }
-        let me_ep = Endpoint { content: my_entry.content, dbid: me, pid: my_pid };
-        let peer_ep = Endpoint { content: t.content, dbid: t.dbid, pid: 0 };
+        let me_ep = Endpoint {
+            content: my_entry.content,
+            dbid: me,
+            pid: my_pid,
+        };
+        let peer_ep = Endpoint {
+            content: t.content,
+            dbid: t.dbid,
+            pid: 0,
+        };
         match probe(&socket, dialect, me_ep, peer_ep) {
-            Ok(rtt) => rows.push((t.dbid as i16, t.content, true, Some(rtt.as_secs_f64() * 1000.0), None)),
+            Ok(rtt) => rows.push((
+                t.dbid as i16,
+                t.content,
+                true,
+                Some(rtt.as_secs_f64() * 1000.0),
+                None,
+            )),
             Err(e) => rows.push(fail(e)),
         }
     }
@@ -131,12 +173,21 @@ fn probe(socket: &Path, d: Dialect, me: Endpoint, peer: Endpoint) -> Result<Dura
         recv_slice: 0,
     };
     let io = |what: &str, e: std::io::Error| format!("{what}: {e}");
-    let mut s = UnixStream::connect(socket).map_err(|e| io(&format!("cannot reach the local proxy at {}", socket.display()), e))?;
-    s.set_read_timeout(Some(PROBE_TIMEOUT)).map_err(|e| io("socket", e))?;
-    s.set_write_timeout(Some(PROBE_TIMEOUT)).map_err(|e| io("socket", e))?;
-    s.write_all(&key.header(PacketType::Hello, d, 0).encode(d)).map_err(|e| io("sending HELLO", e))?;
+    let mut s = UnixStream::connect(socket).map_err(|e| {
+        io(
+            &format!("cannot reach the local proxy at {}", socket.display()),
+            e,
+        )
+    })?;
+    s.set_read_timeout(Some(PROBE_TIMEOUT))
+        .map_err(|e| io("socket", e))?;
+    s.set_write_timeout(Some(PROBE_TIMEOUT))
+        .map_err(|e| io("socket", e))?;
+    s.write_all(&key.header(PacketType::Hello, d, 0).encode(d))
+        .map_err(|e| io("sending HELLO", e))?;
     let mut ack = vec![0u8; d.header_len()];
-    s.read_exact(&mut ack).map_err(|e| io("waiting for HELLO ACK", e))?;
+    s.read_exact(&mut ack)
+        .map_err(|e| io("waiting for HELLO ACK", e))?;
     let ack = Header::decode(&ack, d, 0).map_err(|e| format!("bad HELLO ACK: {e}"))?;
     if ack.ptype != PacketType::HelloAck {
         return Err(format!("expected HELLO ACK, got {}", ack.ptype));
@@ -146,10 +197,14 @@ fn probe(socket: &Path, d: Dialect, me: Endpoint, peer: Endpoint) -> Result<Dura
     let mut packet = Vec::with_capacity(12);
     packet.extend_from_slice(&12u32.to_ne_bytes());
     packet.extend_from_slice(&nonce.to_ne_bytes());
-    s.write_all(&packet).map_err(|e| io("sending the probe", e))?;
+    s.write_all(&packet)
+        .map_err(|e| io("sending the probe", e))?;
     let mut echo = [0u8; 12];
     s.read_exact(&mut echo).map_err(|e| {
-        if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) {
+        if matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ) {
             format!("no answer within {PROBE_TIMEOUT:?}")
         } else {
             io("waiting for the echo", e)
@@ -160,7 +215,8 @@ fn probe(socket: &Path, d: Dialect, me: Endpoint, peer: Endpoint) -> Result<Dura
         return Err("the echo does not match the probe".into());
     }
     // BYE out; the peer's BYE comes back as end of stream.
-    s.shutdown(std::net::Shutdown::Write).map_err(|e| io("closing", e))?;
+    s.shutdown(std::net::Shutdown::Write)
+        .map_err(|e| io("closing", e))?;
     let mut rest = [0u8; 16];
     match s.read(&mut rest) {
         Ok(0) => Ok(rtt),

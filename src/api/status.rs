@@ -13,27 +13,29 @@ fn timestamp(ms: u64) -> Option<TimestampWithTimeZone> {
     TimestampWithTimeZone::try_from((ms as i64 - 946_684_800_000) * 1000).ok()
 }
 
-
 /// One row per entry of the map: the link's state and its counters. When
 /// the proxy is not running, every entry says so.
 #[pg_extern(volatile, parallel_safe)]
-fn ic_proxy_status() -> TableIterator<'static, (
-    name!(dbid, i16),
-    name!(content, i16),
-    name!(address, String),
-    name!(port, i32),
-    name!(state, String),
-    name!(since, Option<TimestampWithTimeZone>),
-    name!(bytes_in, i64),
-    name!(bytes_out, i64),
-    name!(packets_in, i64),
-    name!(packets_out, i64),
-    name!(logical_connections, i64),
-    name!(cached_bytes, i64),
-    name!(drops, i64),
-    name!(reconnects, i64),
-    name!(last_error, Option<String>),
-)> {
+fn ic_proxy_status() -> TableIterator<
+    'static,
+    (
+        name!(dbid, i16),
+        name!(content, i16),
+        name!(address, String),
+        name!(port, i32),
+        name!(state, String),
+        name!(since, Option<TimestampWithTimeZone>),
+        name!(bytes_in, i64),
+        name!(bytes_out, i64),
+        name!(packets_in, i64),
+        name!(packets_out, i64),
+        name!(logical_connections, i64),
+        name!(cached_bytes, i64),
+        name!(drops, i64),
+        name!(reconnects, i64),
+        name!(last_error, Option<String>),
+    ),
+> {
     let rows: Vec<_> = shmem::with(|a| {
         if a.running {
             a.rows()
@@ -71,7 +73,11 @@ fn ic_proxy_status() -> TableIterator<'static, (
         .entries()
         .iter()
         .map(|e| {
-            let state = if Some(e.dbid) == me { "self" } else { "not running" };
+            let state = if Some(e.dbid) == me {
+                "self"
+            } else {
+                "not running"
+            };
             (
                 e.dbid as i16,
                 e.content,
@@ -102,33 +108,35 @@ fn not_running_reason() -> String {
     }
 }
 
-
 /// The proxy's own facts in one row: listeners, socket, dialect, threads,
 /// uptime, map generation and the proxy-wide counters.
 #[pg_extern(volatile, parallel_safe)]
-fn ic_proxy_info() -> TableIterator<'static, (
-    name!(running, bool),
-    name!(worker_pid, Option<i32>),
-    name!(dbid, Option<i16>),
-    name!(content, Option<i16>),
-    name!(peer_listener, String),
-    name!(peer_listener_detail, Option<String>),
-    name!(backend_socket, String),
-    name!(backend_socket_detail, Option<String>),
-    name!(dialect, String),
-    name!(threads, i32),
-    name!(max_packet_size, i32),
-    name!(started, Option<TimestampWithTimeZone>),
-    name!(map_generation, i64),
-    name!(logical_connections, i64),
-    name!(logical_connections_total, i64),
-    name!(early_cache_bytes, i64),
-    name!(early_dropped_connections, i64),
-    name!(rejected_connections, i64),
-    name!(dropped_packets, i64),
-    name!(flow_violations, i64),
-    name!(updated, Option<TimestampWithTimeZone>),
-)> {
+fn ic_proxy_info() -> TableIterator<
+    'static,
+    (
+        name!(running, bool),
+        name!(worker_pid, Option<i32>),
+        name!(dbid, Option<i16>),
+        name!(content, Option<i16>),
+        name!(peer_listener, String),
+        name!(peer_listener_detail, Option<String>),
+        name!(backend_socket, String),
+        name!(backend_socket_detail, Option<String>),
+        name!(dialect, String),
+        name!(threads, i32),
+        name!(max_packet_size, i32),
+        name!(started, Option<TimestampWithTimeZone>),
+        name!(map_generation, i64),
+        name!(logical_connections, i64),
+        name!(logical_connections_total, i64),
+        name!(early_cache_bytes, i64),
+        name!(early_dropped_connections, i64),
+        name!(rejected_connections, i64),
+        name!(dropped_packets, i64),
+        name!(flow_violations, i64),
+        name!(updated, Option<TimestampWithTimeZone>),
+    ),
+> {
     let row = shmem::with(|a| {
         let (pl, pld) = a.peer_listener();
         let (bl, bld) = a.backend_listener();
@@ -140,13 +148,21 @@ fn ic_proxy_info() -> TableIterator<'static, (
             gucs::dbid().map(|d| d as i16),
             (running && a.content != i16::MIN).then_some(a.content),
             if running { pl } else { "down".to_string() },
-            if running { opt(pld) } else { Some(not_running_reason()) },
+            if running {
+                opt(pld)
+            } else {
+                Some(not_running_reason())
+            },
             if running { bl } else { "down".to_string() },
             opt(if running { bld } else { a.socket_path() }),
             gucs::dialect().name().to_string(),
             gucs::worker_threads() as i32,
             gucs::max_packet_size() as i32,
-            if running { timestamp(a.started_ms) } else { None },
+            if running {
+                timestamp(a.started_ms)
+            } else {
+                None
+            },
             a.map_generation as i64,
             a.sessions_open as i64,
             a.sessions_total as i64,

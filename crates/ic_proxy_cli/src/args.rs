@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 use ic_proxy_client::{socket_path, ClientOptions, ConnSpec, Endpoint};
-use ic_proxy_core::protocol::{Dialect, DEFAULT_PACKET_SIZE, MAX_PACKET_SIZE_LIMIT, MIN_PACKET_SIZE};
+use ic_proxy_core::protocol::{
+    Dialect, DEFAULT_PACKET_SIZE, MAX_PACKET_SIZE_LIMIT, MIN_PACKET_SIZE,
+};
 
 /// Where Cloudberry backends look for their proxy's socket.
 pub const DEFAULT_SOCKET_DIR: &str = "/tmp";
@@ -22,7 +24,13 @@ pub const ICTCP_LEN_FIELD: usize = 4;
 )]
 pub struct Cli {
     /// Least severe messages logged to stderr [default: info for run, warn otherwise]
-    #[arg(long, global = true, value_enum, value_name = "LEVEL", display_order = 100)]
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        value_name = "LEVEL",
+        display_order = 100
+    )]
     pub log_level: Option<LogLevel>,
     #[command(subcommand)]
     pub command: Command,
@@ -276,7 +284,9 @@ mod tests {
                 pid: 4242
             })
         );
-        assert!(parse_endpoint("0:2").unwrap_err().contains("found 2 field(s)"));
+        assert!(parse_endpoint("0:2")
+            .unwrap_err()
+            .contains("found 2 field(s)"));
         assert!(parse_endpoint("0:x:1").unwrap_err().contains("dbid \"x\""));
     }
 
@@ -295,8 +305,18 @@ mod tests {
     #[test]
     fn socket_is_given_or_computed() {
         let common = [
-            "--session", "7", "--command", "3", "--send-slice", "1", "--recv-slice", "0",
-            "--local", "-1:1:10", "--remote", "0:2:20",
+            "--session",
+            "7",
+            "--command",
+            "3",
+            "--send-slice",
+            "1",
+            "--recv-slice",
+            "0",
+            "--local",
+            "-1:1:10",
+            "--remote",
+            "0:2:20",
         ];
         let parse = |extra: &[&str]| {
             let argv = ["ic-proxy", "send"].iter().chain(extra).chain(&common);
@@ -307,7 +327,10 @@ mod tests {
             }
         };
         let a = parse(&["--port", "5432", "--pid", "99"]).unwrap();
-        assert_eq!(a.socket_path(), PathBuf::from("/tmp/.s.PGSQL.ic_proxy.5432.99"));
+        assert_eq!(
+            a.socket_path(),
+            PathBuf::from("/tmp/.s.PGSQL.ic_proxy.5432.99")
+        );
         assert_eq!(a.spec().local.content, -1);
         assert_eq!(a.max_payload(), 8188);
         let a = parse(&["--socket-dir", "/run", "--port", "1", "--pid", "2"]).unwrap();

@@ -8,6 +8,7 @@ use std::fmt;
 use std::future::Future;
 use std::io::{self, Read};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use ic_proxy_client::{ClientError, LogicalConn, RecvHalf, RecvItem};
@@ -15,21 +16,25 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
 use crate::args::{ConnArgs, RecvArgs};
-use crate::EXIT_FAILURE;
+use crate::{count, EXIT_FAILURE};
 
 /// Bytes asked of stdin per read; one read becomes one write of as many
 /// packets as it fills.
 const STDIN_CHUNK: usize = 64 * 1024;
 /// Reads that may wait for the socket: bounds memory when the proxy is slow.
 const STDIN_QUEUE: usize = 4;
+/// How long a write under way when STOP arrives may take to complete.
+const STOP_DRAIN: Duration = Duration::from_secs(10);
 
 #[derive(Debug)]
 enum BackendError {
     Client(ClientError),
     Stdin(io::Error),
     Stdout(io::Error),
-    /// The other end closed without STOP before our BYE.
-    ReceiverGone { sent: u64 },
+    /// The other end (or its proxy) closed without STOP before our BYE.
+    ReceiverGone {
+        sent: u64,
+    },
 }
 
 impl fmt::Display for BackendError {
@@ -40,8 +45,8 @@ impl fmt::Display for BackendError {
             BackendError::Stdout(e) => write!(f, "cannot write stdout: {e}"),
             BackendError::ReceiverGone { sent } => write!(
                 f,
-                "the connection was closed by the other end before all of stdin was sent \
-                 ({sent} bytes sent)"
+                "the connection ended before all of stdin was sent ({sent} bytes sent): \
+                 the receiver, or a proxy on the way, is gone"
             ),
         }
     }
@@ -93,33 +98,64 @@ async fn send_stdin(args: ConnArgs) -> Result<(), BackendError> {
     let mut remote = tokio::spawn(await_remote_end(incoming));
     let mut input = read_stdin();
     let mut sent = 0u64;
-    let remote_end = loop {
-        tokio::select! {
+    let early_end = loop {
+        let data = tokio::select! {
             chunk = input.recv() => match chunk {
-                Some(Ok(data)) => {
-                    let packets: Vec<&[u8]> = data.chunks(max_payload).collect();
-                    out.send_packets(&packets).await?;
-                    sent += data.len() as u64;
-                }
+                Some(Ok(data)) => data,
                 Some(Err(e)) => return Err(BackendError::Stdin(e)),
                 None => break None,
             },
             end = &mut remote => break Some(joined(end)?),
+        };
+        let packets: Vec<&[u8]> = data.chunks(max_payload).collect();
+        let write = out.send_packets(&packets);
+        tokio::pin!(write);
+        tokio::select! {
+            written = &mut write => written?,
+            // The proxy may hold our writes back for good once the receiver
+            // is gone; its end must still be noticed.
+            end = &mut remote => {
+                let end = joined(end)?;
+                if end.stopped {
+                    // Complete the packets in flight: a stream cut inside a
+                    // packet is an error for the receiver, a STOP is not.
+                    match tokio::time::timeout(STOP_DRAIN, &mut write).await {
+                        Ok(written) => {
+                            written?;
+                            sent += data.len() as u64;
+                        }
+                        Err(_) => {
+                            log::warn!(
+                                "ic-proxy send: the write in progress at STOP did not \
+                                 complete within {STOP_DRAIN:?}; abandoning it"
+                            );
+                            return Ok(());
+                        }
+                    }
+                }
+                break Some(end);
+            }
         }
+        sent += data.len() as u64;
     };
-    out.finish().await?;
-    let end = match remote_end {
-        Some(end) if !end.stopped => return Err(BackendError::ReceiverGone { sent }),
-        Some(end) => end,
-        None => joined(remote.await)?,
+    let end = match early_end {
+        None => {
+            out.finish().await?;
+            joined(remote.await)?
+        }
+        Some(end) if end.stopped => {
+            out.finish().await?;
+            end
+        }
+        Some(_) => return Err(BackendError::ReceiverGone { sent }),
     };
     if end.stopped {
         log::warn!("ic-proxy send: the receiver asked to stop after {sent} bytes");
     }
     if end.ignored_packets > 0 {
         log::warn!(
-            "ic-proxy send: ignored {} packet(s) from the receiver",
-            end.ignored_packets
+            "ic-proxy send: ignored {} from the receiver",
+            count(end.ignored_packets, "packet")
         );
     }
     Ok(())
@@ -200,7 +236,11 @@ async fn recv_stdout(args: RecvArgs) -> Result<(), BackendError> {
     }
     conn.finish().await?;
     if args.count {
-        eprintln!("received {packets} packets, {bytes} bytes");
+        eprintln!(
+            "received {}, {}",
+            count(packets, "packet"),
+            count(bytes, "byte")
+        );
     }
     Ok(())
 }

@@ -22,6 +22,15 @@ pub(crate) const EXIT_FAILURE: u8 = 1;
 /// Bad arguments or an unusable map before anything started (clap's code too).
 pub(crate) const EXIT_USAGE: u8 = 2;
 
+/// `1 entry`, `2 entries`, `0 bytes`.
+pub(crate) fn count(n: u64, noun: &str) -> String {
+    match (n, noun) {
+        (1, _) => format!("1 {noun}"),
+        (n, "entry") => format!("{n} entries"),
+        (n, _) => format!("{n} {noun}s"),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let default_level = match cli.command {
@@ -34,5 +43,18 @@ fn main() -> ExitCode {
         Command::Send(a) => backend::send(a),
         Command::Recv(a) => backend::recv(a),
         Command::Check(a) => map_source::check(a),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::count;
+
+    #[test]
+    fn counts_read_naturally() {
+        assert_eq!(count(0, "entry"), "0 entries");
+        assert_eq!(count(1, "entry"), "1 entry");
+        assert_eq!(count(1, "byte"), "1 byte");
+        assert_eq!(count(3, "problem"), "3 problems");
     }
 }

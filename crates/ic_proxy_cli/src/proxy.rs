@@ -14,8 +14,8 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::args::RunArgs;
-use crate::map_source::{count, problem_lines, LoadError, MapSource};
-use crate::{EXIT_FAILURE, EXIT_USAGE};
+use crate::map_source::{problem_lines, LoadError, MapSource};
+use crate::{count, EXIT_FAILURE, EXIT_USAGE};
 
 /// How long runtime threads may linger once the proxy has stopped; the core
 /// already bounds its own stop.
@@ -170,7 +170,7 @@ fn reload(source: &MapSource, config: &watch::Sender<Arc<RuntimeConfig>>) {
         Err(e) => {
             log::error!(
                 "ic-proxy: reload of {source} rejected: {e}; keeping the map in force ({})",
-                count(current.map.len(), "entry")
+                count(current.map.len() as u64, "entry")
             );
             if let LoadError::Invalid(problems) = &e {
                 for line in problem_lines(problems) {
@@ -187,7 +187,7 @@ fn reload(source: &MapSource, config: &watch::Sender<Arc<RuntimeConfig>>) {
     let diff = AddressMap::diff(&current.map, &map);
     log::info!(
         "ic-proxy: reload of {source}: applying {} ({} added, {} removed, {} changed)",
-        count(map.len(), "entry"),
+        count(map.len() as u64, "entry"),
         diff.added.len(),
         diff.removed.len(),
         diff.changed.len()

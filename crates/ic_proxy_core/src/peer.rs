@@ -562,7 +562,10 @@ fn echo_probe(ctx: &Ctx, slot: &PeerSlot, h: &Header, a: Arrival) {
     };
     let d = ctx.settings.dialect;
     let back = LogicalConnKey::from_p2c(h).header(ptype, d, payload.len());
-    slot.send(OutFrame { header: back.encode(d), payload });
+    slot.send(OutFrame {
+        header: back.encode(d),
+        payload,
+    });
 }
 
 fn drop_packet(ctx: &Ctx, slot: &PeerSlot, why: &str) {

@@ -301,14 +301,9 @@ pub async fn recv_stream(
 ) -> Result<(StreamDigest, u64), ic_proxy_client::ClientError> {
     let mut d = StreamDigest::new();
     let mut n = 0;
-    loop {
-        match c.recv().await? {
-            RecvItem::Packet(p) => {
-                d.update(&p);
-                n += 1;
-            }
-            RecvItem::Stop | RecvItem::Eof => break,
-        }
+    while let RecvItem::Packet(p) = c.recv().await? {
+        d.update(&p);
+        n += 1;
     }
     c.finish().await?;
     Ok((d, n))

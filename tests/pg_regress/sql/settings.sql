@@ -26,18 +26,29 @@ RESET client_min_messages;
 SELECT * FROM ic_proxy_addresses();
 
 -- ALTER SYSTEM checks the value before writing postgresql.auto.conf.
-\set VERBOSITY verbose
+-- After each error, LAST_ERROR_SQLSTATE shows its SQLSTATE (VERBOSITY
+-- verbose would also print guc.c's line number, which changes between
+-- PostgreSQL minor releases).
 ALTER SYSTEM SET ic_proxy.addresses = '1:-1:cdw:7000,2:0:sdw1:99999';
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
 ALTER SYSTEM SET ic_proxy.addresses = '1:-1:cdw:7000, 2:x:sdw1:99999, 1:1:cdw:7000';
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
 ALTER SYSTEM SET ic_proxy.addresses = '''1:-1:cdw:7000''';
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
 ALTER SYSTEM SET ic_proxy.socket_dir = 'tmp/ic_proxy';
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
 ALTER SYSTEM SET ic_proxy.socket_dir = '/tmp/a-directory-name-that-is-far-too-long-to-hold-a-unix-socket-of-the-proxy';
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
 ALTER SYSTEM SET ic_proxy.dialect = 'd';
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
 ALTER SYSTEM SET ic_proxy.max_packet_size = 511;
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
 ALTER SYSTEM SET ic_proxy.max_packet_size = 65472;
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
 ALTER SYSTEM SET ic_proxy.dbid = 65536;
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
 ALTER SYSTEM SET ic_proxy.worker_threads = 0;
-\set VERBOSITY default
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
 SELECT pg_read_file('postgresql.auto.conf') !~ 'ic_proxy' AS auto_conf_untouched;
 
 -- The map is read at reload; a session cannot change it.

@@ -1,0 +1,454 @@
+//! The real `ic-proxy` binary, run as a user runs it: map checks, refusal of
+//! a bad map, 1 MB carried between two proxy processes by `send` and `recv`,
+//! reloads on SIGHUP and clean stops on SIGTERM / SIGINT.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use ic_proxy_client::{ClientOptions, ConnSpec, Endpoint, LogicalConn, RecvItem};
+use ic_proxy_core::config::AddressMap;
+
+const BIN: &str = env!("CARGO_BIN_EXE_ic-proxy");
+/// Bound on every wait; generous because other builds share the 2 cores.
+const DEADLINE: Duration = Duration::from_secs(60);
+const POLL: Duration = Duration::from_millis(20);
+
+fn ic_proxy(args: &[&str]) -> Output {
+    Command::new(BIN).args(args).output().expect("run ic-proxy")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A port nobody listens on right now: bind port 0 and let it go.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind port 0")
+        .port()
+}
+
+fn signal(child: &Child, sig: libc::c_int) {
+    // SAFETY: kill(2) with a pid we spawned and have not yet reaped.
+    let rc = unsafe { libc::kill(child.id() as libc::pid_t, sig) };
+    assert_eq!(rc, 0, "kill({}, {sig})", child.id());
+}
+
+/// Waits for `child` to exit; kills it and fails after `within`.
+fn wait_exit(child: &mut Child, what: &str, within: Duration) -> ExitStatus {
+    let until = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return status;
+        }
+        if Instant::now() >= until {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} did not exit within {within:?}");
+        }
+        thread::sleep(POLL);
+    }
+}
+
+/// One `ic-proxy run` process whose stderr goes to a file, killed if a test
+/// fails before stopping it.
+struct ProxyProcess {
+    child: Child,
+    socket: PathBuf,
+    log: PathBuf,
+}
+
+impl ProxyProcess {
+    /// Starts `ic-proxy run` with `map_args` (--addresses or
+    /// --addresses-file) and waits until its backend socket exists.
+    fn start(dir: &Path, dbid: u16, map_args: &[&str], extra: &[&str]) -> ProxyProcess {
+        let (port, pid) = (5000 + dbid, 40_000 + u32::from(dbid));
+        let log = dir.join(format!("proxy{dbid}.log"));
+        let child = Command::new(BIN)
+            .arg("run")
+            .args(map_args)
+            .args(["--dbid", &dbid.to_string()])
+            .args(["--port", &port.to_string(), "--pid", &pid.to_string()])
+            .arg("--socket-dir")
+            .arg(dir)
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(File::create(&log).expect("log file"))
+            .spawn()
+            .expect("spawn ic-proxy run");
+        let mut proxy = ProxyProcess {
+            child,
+            socket: dir.join(format!(".s.PGSQL.ic_proxy.{port}.{pid}")),
+            log,
+        };
+        proxy.wait_ready();
+        proxy
+    }
+
+    fn wait_ready(&mut self) {
+        let until = Instant::now() + DEADLINE;
+        while !self.socket.exists() {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                panic!("proxy exited with {status}:\n{}", self.log());
+            }
+            assert!(
+                Instant::now() < until,
+                "no socket {} within {DEADLINE:?}:\n{}",
+                self.socket.display(),
+                self.log()
+            );
+            thread::sleep(POLL);
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The log once it contains `needle`.
+    fn wait_for_log(&self, needle: &str) -> String {
+        let until = Instant::now() + DEADLINE;
+        loop {
+            let log = self.log();
+            if log.contains(needle) {
+                return log;
+            }
+            assert!(
+                Instant::now() < until,
+                "{needle:?} not logged within {DEADLINE:?}:\n{log}"
+            );
+            thread::sleep(POLL);
+        }
+    }
+
+    fn is_running(&mut self) -> bool {
+        self.child.try_wait().expect("try_wait").is_none()
+    }
+
+    /// Sends `sig` and asserts a clean stop: exit 0 and the socket removed.
+    fn stop_with(&mut self, sig: libc::c_int) {
+        signal(&self.child, sig);
+        let status = wait_exit(&mut self.child, "proxy", Duration::from_secs(20));
+        assert!(
+            status.success(),
+            "proxy exited with {status}:\n{}",
+            self.log()
+        );
+        assert!(
+            !self.socket.exists(),
+            "{} left behind:\n{}",
+            self.socket.display(),
+            self.log()
+        );
+    }
+}
+
+impl Drop for ProxyProcess {
+    fn drop(&mut self) {
+        if self.is_running() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+#[test]
+fn check_accepts_a_valid_map_and_prints_it_canonically() {
+    let out = ic_proxy(&["check", " 1:-1:cdw:7000, 2:0:[::1]:7002 "]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        "valid: 2 entries\n1:-1:cdw:7000,2:0:[::1]:7002\n"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("map");
+    std::fs::write(&file, "1:-1:cdw:7000,\n2:0:sdw1:7002,\n3:1:sdw2:7003\n").unwrap();
+    let out = ic_proxy(&["check", "--file", file.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).starts_with("valid: 3 entries\n"),
+        "{}",
+        text(&out.stdout)
+    );
+}
+
+#[test]
+fn check_reports_every_problem_with_its_hint() {
+    let map = "1:-1:cdw:7000,x:0:sdw1:7002,3:0:sdw1:99999";
+    let out = ic_proxy(&["check", map]);
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = text(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 4, "{stdout}");
+    assert_eq!(
+        lines[0],
+        r#"entry 2 "x:0:sdw1:7002": dbid "x" is not a number"#
+    );
+    assert_eq!(
+        lines[2],
+        r#"entry 3 "3:0:sdw1:99999": port 99999 is outside 1..65535"#
+    );
+    // Word for word what the core says, hints included.
+    let problems = AddressMap::check(map);
+    assert_eq!(problems.len(), 2);
+    for (i, p) in problems.iter().enumerate() {
+        assert_eq!(lines[2 * i], p.message());
+        assert_eq!(lines[2 * i + 1], format!("hint: {}", p.hint()));
+    }
+}
+
+#[test]
+fn run_refuses_an_invalid_map_before_binding_anything() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args([
+            "run",
+            "--addresses",
+            "1:-1:127.0.0.1:7000,1:0:127.0.0.1:7001",
+        ])
+        .args(["--dbid", "1", "--port", "5432", "--pid", "77"])
+        .arg("--socket-dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains(r#"entry 2 "1:0:127.0.0.1:7001": dbid 1 appears twice (first in entry 1)"#),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("\nhint: Each instance needs its own dbid"),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+
+    // Out-of-range knobs are refused by the argument parser, also with 2.
+    let out = ic_proxy(&[
+        "run",
+        "--addresses",
+        "1:-1:h:1",
+        "--dbid",
+        "1",
+        "--port",
+        "1",
+        "--pid",
+        "1",
+        "--max-packet-size",
+        "100",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("100 is outside 512..=65471"));
+}
+
+#[test]
+fn send_and_recv_carry_a_megabyte_between_two_proxy_processes() {
+    let dir = tempfile::tempdir().unwrap();
+    let map = format!(
+        "1:-1:127.0.0.1:{},2:0:127.0.0.1:{}",
+        free_port(),
+        free_port()
+    );
+    let mut p1 = ProxyProcess::start(dir.path(), 1, &["--addresses", &map], &[]);
+    let mut p2 = ProxyProcess::start(dir.path(), 2, &["--addresses", &map], &["--threads", "1"]);
+
+    let key = [
+        "--session",
+        "7",
+        "--command",
+        "3",
+        "--send-slice",
+        "1",
+        "--recv-slice",
+        "0",
+    ];
+    let recv_err = dir.path().join("recv.err");
+    let mut recv = Command::new(BIN)
+        .arg("recv")
+        .arg("--socket")
+        .arg(&p2.socket)
+        .args(key)
+        .args(["--local", "0:2:202", "--remote", "-1:1:101", "--count"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(File::create(&recv_err).unwrap())
+        .spawn()
+        .unwrap();
+    let send_err = dir.path().join("send.err");
+    // The socket computed from --socket-dir, --port and --pid, as a backend does.
+    let mut send = Command::new(BIN)
+        .arg("send")
+        .arg("--socket-dir")
+        .arg(dir.path())
+        .args(["--port", "5001", "--pid", "40001"])
+        .args(key)
+        .args(["--local", "-1:1:101", "--remote", "0:2:202"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(File::create(&send_err).unwrap())
+        .spawn()
+        .unwrap();
+
+    let input: Vec<u8> = (0..1usize << 20)
+        .map(|i| (i ^ (i >> 8) ^ (i >> 16)).wrapping_mul(31) as u8)
+        .collect();
+    let mut stdin = send.stdin.take().unwrap();
+    let data = input.clone();
+    let writer = thread::spawn(move || stdin.write_all(&data));
+    let mut stdout = recv.stdout.take().unwrap();
+    let reader = thread::spawn(move || {
+        let mut got = Vec::new();
+        stdout.read_to_end(&mut got).map(|_| got)
+    });
+
+    let send_status = wait_exit(&mut send, "send", DEADLINE);
+    let recv_status = wait_exit(&mut recv, "recv", DEADLINE);
+    let send_log = std::fs::read_to_string(&send_err).unwrap();
+    let recv_log = std::fs::read_to_string(&recv_err).unwrap();
+    writer.join().unwrap().expect("write send's stdin");
+    let got = reader.join().unwrap().expect("read recv's stdout");
+    assert!(send_status.success(), "send: {send_status}: {send_log}");
+    assert!(recv_status.success(), "recv: {recv_status}: {recv_log}");
+    assert_eq!(got.len(), input.len());
+    assert!(got == input, "the received bytes differ from the input");
+    assert!(recv_log.contains(", 1048576 bytes"), "{recv_log}");
+
+    let log1 = p1.log();
+    assert!(log1.contains(&format!(
+        "backends connect to {}, peers to 127.0.0.1:",
+        p1.socket.display()
+    )));
+    p1.stop_with(libc::SIGTERM);
+    p2.stop_with(libc::SIGTERM);
+}
+
+#[test]
+fn send_stops_cleanly_when_the_receiver_asks() {
+    let dir = tempfile::tempdir().unwrap();
+    let map = format!(
+        "1:-1:127.0.0.1:{},2:0:127.0.0.1:{}",
+        free_port(),
+        free_port()
+    );
+    let mut p1 = ProxyProcess::start(dir.path(), 1, &["--addresses", &map], &[]);
+    let mut p2 = ProxyProcess::start(dir.path(), 2, &["--addresses", &map], &[]);
+    let send_err = dir.path().join("send.err");
+    let mut send = Command::new(BIN)
+        .arg("send")
+        .arg("--socket")
+        .arg(&p1.socket)
+        .args(["--session", "9", "--command", "1", "--send-slice", "2"])
+        .args([
+            "--recv-slice",
+            "1",
+            "--local",
+            "-1:1:101",
+            "--remote",
+            "0:2:202",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(File::create(&send_err).unwrap())
+        .spawn()
+        .unwrap();
+    // Far more than the proxies buffer; ends early with EPIPE once send exits.
+    let mut stdin = send.stdin.take().unwrap();
+    let writer = thread::spawn(move || {
+        let chunk = vec![b'x'; 64 * 1024];
+        for _ in 0..4096 {
+            if stdin.write_all(&chunk).is_err() {
+                return;
+            }
+        }
+    });
+
+    // The receiving backend, which wants one packet and then asks to stop.
+    let spec = ConnSpec {
+        session_id: 9,
+        command_id: 1,
+        send_slice: 2,
+        recv_slice: 1,
+        local: Endpoint {
+            content: 0,
+            dbid: 2,
+            pid: 202,
+        },
+        remote: Endpoint {
+            content: -1,
+            dbid: 1,
+            pid: 101,
+        },
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let after_stop = runtime.block_on(async {
+        let mut rx = LogicalConn::connect(&p2.socket, spec, &ClientOptions::default())
+            .await
+            .expect("receiver connects");
+        let first = rx.recv().await.expect("first packet");
+        assert!(matches!(first, RecvItem::Packet(p) if p.len() == 8188));
+        rx.stop().await.expect("stop");
+        let mut after = 0;
+        loop {
+            match tokio::time::timeout(DEADLINE, rx.recv()).await {
+                Ok(Ok(RecvItem::Packet(_))) => after += 1,
+                Ok(Ok(RecvItem::Eof)) => return after,
+                other => panic!("receiver after STOP: {other:?}"),
+            }
+        }
+    });
+
+    let status = wait_exit(&mut send, "send", DEADLINE);
+    let log = std::fs::read_to_string(&send_err).unwrap();
+    assert!(status.success(), "send: {status}: {log}");
+    assert!(log.contains("the receiver asked to stop after"), "{log}");
+    writer.join().unwrap();
+    // In flight when STOP was sent; bounded by the proxies' buffers.
+    assert!(after_stop < 4096 * 8, "{after_stop} packets after STOP");
+    p1.stop_with(libc::SIGTERM);
+    p2.stop_with(libc::SIGTERM);
+}
+
+#[test]
+fn sighup_rereads_the_map_file_and_keeps_the_old_map_when_the_new_one_is_bad() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("addresses");
+    let (p1, p2, p3) = (free_port(), free_port(), free_port());
+    let map = format!("1:-1:127.0.0.1:{p1},2:0:127.0.0.1:{p2}");
+    std::fs::write(&file, &map).unwrap();
+    let file_arg = file.to_str().unwrap();
+    let mut proxy = ProxyProcess::start(dir.path(), 1, &["--addresses-file", file_arg], &[]);
+
+    std::fs::write(&file, format!("1:-1:127.0.0.1:{p1},2:0:127.0.0.1:99999")).unwrap();
+    signal(&proxy.child, libc::SIGHUP);
+    let log = proxy.wait_for_log("hint: Use a TCP port");
+    assert!(
+        log.contains(r#"entry 2 "2:0:127.0.0.1:99999": port 99999 is outside 1..65535"#),
+        "{log}"
+    );
+    assert!(
+        log.contains("keeping the map in force (2 entries)"),
+        "{log}"
+    );
+    assert!(proxy.is_running(), "{log}");
+    assert!(proxy.socket.exists());
+
+    // One entry per line is fine: whitespace around entries is ignored.
+    std::fs::write(&file, format!("{map},\n3:1:127.0.0.1:{p3}\n")).unwrap();
+    signal(&proxy.child, libc::SIGHUP);
+    proxy.wait_for_log("applying 3 entries (1 added, 0 removed, 0 changed)");
+    assert!(proxy.is_running());
+
+    proxy.stop_with(libc::SIGINT);
+    assert!(proxy.log().contains("SIGINT received, stopping"));
+}
