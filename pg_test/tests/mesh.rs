@@ -22,7 +22,6 @@ const MESH_TIMEOUT: Duration = Duration::from_secs(30);
 struct Node {
     dbid: u16,
     content: i16,
-    port: u16,
     socket_dir: PathBuf,
 }
 
