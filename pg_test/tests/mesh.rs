@@ -81,7 +81,6 @@ fn start_mesh(n: usize) -> (PgCluster, Vec<Node>, i32) {
         .map(|m| Node {
             dbid: m.dbid,
             content: m.content,
-            port: m.instance.port(),
             socket_dir: m.instance.socket_dir(),
         })
         .collect();
