@@ -37,6 +37,9 @@ static FLOW_RESUME: GucSetting<i32> = GucSetting::<i32>::new(30);
 static FLOW_ACK_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(10);
 /// Time between attempts to dial a peer, in milliseconds.
 static PEER_RETRY_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(1000);
+/// File holding the shared secret of peer authentication; empty: off.
+static PEER_AUTH_SECRET_FILE: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c""));
 /// How much the proxy logs.
 static LOG_VERBOSITY: GucSetting<LogVerbosity> =
     GucSetting::<LogVerbosity>::new(LogVerbosity::Terse);
@@ -84,6 +87,18 @@ pub fn init() {
             GucContext::Postmaster,
             GucFlags::default(),
             Some(check_socket_dir),
+            None,
+            None,
+        );
+        GucRegistry::define_string_guc_with_hooks(
+            c"ic_proxy.peer_auth_secret_file",
+            c"File with the secret peers prove they share (HMAC-SHA256 challenge-response); empty: off.",
+            c"Every instance needs the same secret; C proxies cannot authenticate, so leave it empty \
+              in a cluster that mixes them. Read at start and on every reload.",
+            &PEER_AUTH_SECRET_FILE,
+            GucContext::Sighup,
+            GucFlags::SUPERUSER_ONLY,
+            Some(check_secret_file),
             None,
             None,
         );
@@ -253,6 +268,13 @@ pub fn peer_retry_interval() -> std::time::Duration {
     std::time::Duration::from_millis(PEER_RETRY_INTERVAL.get() as u64)
 }
 
+/// The peer-authentication secret file, if one is set.
+pub fn peer_auth_secret_file() -> Option<PathBuf> {
+    Some(string_value(&PEER_AUTH_SECRET_FILE))
+        .filter(|s| !s.is_empty())
+        .map(PathBuf::from)
+}
+
 pub fn log_verbosity() -> LogVerbosity {
     LOG_VERBOSITY.get()
 }
@@ -364,4 +386,24 @@ unsafe extern "C-unwind" fn check_socket_dir(
         return false;
     }
     true
+}
+
+#[pgrx::pg_guard]
+unsafe extern "C-unwind" fn check_secret_file(
+    newval: *mut *mut c_char,
+    _extra: *mut *mut c_void,
+    _source: pg_sys::GucSource::Type,
+) -> bool {
+    let value = unsafe { hook_value(newval) }.unwrap_or("");
+    if value.is_empty() || value.starts_with('/') {
+        return true;
+    }
+    unsafe {
+        report(
+            &format!("invalid ic_proxy.peer_auth_secret_file: \"{value}\" is not an absolute path"),
+            None,
+            Some("Give the absolute path of a file readable only by the server's user, or '' to turn peer authentication off."),
+        )
+    };
+    false
 }

@@ -56,6 +56,7 @@ pub struct StatusArea {
     pub rejected_connections: u64,
     pub dropped_packets: u64,
     pub flow_violations: u64,
+    pub auth_failures: u64,
     pub npeers: u32,
     pub truncated: bool,
     peer_listener: [u8; 8],
@@ -128,6 +129,7 @@ pub fn publish(id: &Identity<'_>, s: &StatusSnapshot, running: bool) {
     a.rejected_connections = s.rejected_connections;
     a.dropped_packets = s.dropped_packets;
     a.flow_violations = s.flow_violations;
+    a.auth_failures = s.auth_failures;
     put(&mut a.peer_listener, s.peer_listener.0);
     put(&mut a.peer_listener_detail, &s.peer_listener.1);
     put(&mut a.backend_listener, s.backend_listener.0);

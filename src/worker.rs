@@ -111,13 +111,53 @@ fn drain_log(rx: &Receiver<Line>) {
 
 // ---- configuration -------------------------------------------------------------
 
-fn runtime_config() -> RuntimeConfig {
+/// The configuration in force. `previous` is kept for the secret when its
+/// file cannot be used: a reload never weakens or breaks authentication by
+/// accident.
+fn runtime_config(previous: Option<&RuntimeConfig>) -> RuntimeConfig {
     RuntimeConfig {
         map: gucs::addresses(),
         early_cache_bytes: gucs::early_cache_bytes(),
         early_packet_ttl: gucs::early_packet_ttl(),
         retry_interval: gucs::peer_retry_interval(),
+        peer_secret: match gucs::peer_auth_secret_file() {
+            None => None,
+            Some(path) => match read_secret(&path) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    let kept = previous.and_then(|p| p.peer_secret.clone());
+                    warning!(
+                        "ic-proxy: cannot use {}: {e}; {}",
+                        path.display(),
+                        if kept.is_some() {
+                            "the previous secret stays in force"
+                        } else {
+                            "peers are refused until it is fixed"
+                        }
+                    );
+                    // No usable secret: refuse every peer rather than run unauthenticated.
+                    Some(kept.unwrap_or_else(|| Arc::from(&b""[..])))
+                }
+            },
+        },
     }
+}
+
+/// The secret: the file's content without a trailing newline, at least
+/// MIN_SECRET_LEN bytes.
+fn read_secret(path: &std::path::Path) -> Result<Arc<[u8]>, String> {
+    let mut bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+    while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+        bytes.pop();
+    }
+    if bytes.len() < ic_proxy_core::auth::MIN_SECRET_LEN {
+        return Err(format!(
+            "the secret is {} bytes; at least {} are needed",
+            bytes.len(),
+            ic_proxy_core::auth::MIN_SECRET_LEN
+        ));
+    }
+    Ok(Arc::from(bytes))
 }
 
 /// Blocks every signal on this thread while the runtime starts its threads,
@@ -184,7 +224,7 @@ pub extern "C-unwind" fn ic_proxy_worker_main(_arg: pg_sys::Datum) {
             unsafe { pg_sys::proc_exit(1) };
         }
     };
-    let (config_tx, config_rx) = watch::channel(Arc::new(runtime_config()));
+    let (config_tx, config_rx) = watch::channel(Arc::new(runtime_config(None)));
     let status = StatusBoard::new();
     let shutdown = CancellationToken::new();
     let identity_socket = socket.display().to_string();
@@ -239,7 +279,7 @@ pub extern "C-unwind" fn ic_proxy_worker_main(_arg: pg_sys::Datum) {
         if BackgroundWorker::sighup_received() {
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
             set_log_level();
-            let next = runtime_config();
+            let next = runtime_config(Some(&config_tx.borrow()));
             let changed = config_tx.send_if_modified(|cur| {
                 if **cur == next {
                     false

@@ -134,6 +134,7 @@ fn ic_proxy_info() -> TableIterator<
         name!(rejected_connections, i64),
         name!(dropped_packets, i64),
         name!(flow_violations, i64),
+        name!(auth_failures, i64),
         name!(updated, Option<TimestampWithTimeZone>),
     ),
 > {
@@ -171,6 +172,7 @@ fn ic_proxy_info() -> TableIterator<
             a.rejected_connections as i64,
             a.dropped_packets as i64,
             a.flow_violations as i64,
+            a.auth_failures as i64,
             timestamp(a.updated_ms),
         )
     });

@@ -3,6 +3,7 @@
 //! PostgreSQL: the extension (and the standalone `ic-proxy` binary) host it.
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod cache;
 pub mod config;
 pub mod flow;

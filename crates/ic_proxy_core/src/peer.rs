@@ -18,6 +18,7 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::{self, AuthMessage, Role as AuthRole, AUTH_SESSION_ID};
 use crate::config::PeerAddr;
 use crate::protocol::{
     sniff_dialect, EncodedHeader, Endpoint, Header, HeaderError, LogicalConnKey, Packet, PacketType,
@@ -255,7 +256,90 @@ async fn handshake_as_dialer(
             ack.header.dst.dbid, addr.dbid
         )));
     }
+    if let Some(secret) = ctx.secret() {
+        let me = hello.src;
+        let peer = hello.dst;
+        if secret.is_empty() {
+            return Err(auth_failed(ctx, auth::AuthError::NoSecret));
+        }
+        tokio::time::timeout(ctx.settings.handshake_timeout, async {
+            let challenge = read_auth(ctx, &mut s, &mut buf).await.map_err(|e| {
+                ctx.status.counters.auth_failures.fetch_add(1, Relaxed);
+                invalid(format!(
+                    "{e}: the peer sent no authentication challenge (is ic_proxy.peer_auth_secret_file set on dbid {}?)",
+                    addr.dbid
+                ))
+            })?;
+            let AuthMessage::Challenge { nonce_a } = challenge else {
+                return Err(auth_failed(ctx, auth::AuthError::Unexpected { expected: "challenge" }));
+            };
+            let nonce_c = auth::nonce().map_err(|e| auth_failed(ctx, e))?;
+            let mac = auth::prove(&secret, AuthRole::Connector, &nonce_a, &nonce_c, me.dbid, peer.dbid);
+            write_auth(ctx, &mut s, me, peer, AuthMessage::Response { nonce_c, mac }).await?;
+            let AuthMessage::Confirm { mac } = read_auth(ctx, &mut s, &mut buf).await? else {
+                return Err(auth_failed(ctx, auth::AuthError::Unexpected { expected: "confirmation" }));
+            };
+            auth::verify(&secret, AuthRole::Acceptor, &nonce_a, &nonce_c, me.dbid, peer.dbid, &mac)
+                .map_err(|e| auth_failed(ctx, e))
+        })
+        .await
+        .map_err(|_| {
+            ctx.status.counters.auth_failures.fetch_add(1, Relaxed);
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "peer authentication failed: no challenge in time (is ic_proxy.peer_auth_secret_file set on dbid {}?)",
+                    addr.dbid
+                ),
+            )
+        })??;
+    }
     Ok((s, buf))
+}
+
+fn auth_failed(ctx: &Ctx, e: auth::AuthError) -> io::Error {
+    ctx.status.counters.auth_failures.fetch_add(1, Relaxed);
+    invalid(format!("peer authentication failed: {e}"))
+}
+
+/// Sends one authentication message from `me` to `peer`.
+async fn write_auth(
+    ctx: &Ctx,
+    s: &mut TcpStream,
+    me: Endpoint,
+    peer: Endpoint,
+    m: AuthMessage,
+) -> io::Result<()> {
+    let d = ctx.settings.dialect;
+    let payload = m.encode();
+    let key = LogicalConnKey {
+        local: me,
+        remote: Endpoint { pid: 0, ..peer },
+        session_id: AUTH_SESSION_ID,
+        command_id: 0,
+        send_slice: 0,
+        recv_slice: 0,
+    };
+    let mut out = BytesMut::new();
+    crate::protocol::encode_packet(
+        &key.header(PacketType::Data, d, payload.len()),
+        d,
+        &payload,
+        &mut out,
+    );
+    s.write_all(&out).await
+}
+
+/// Reads one authentication message.
+async fn read_auth(ctx: &Ctx, s: &mut TcpStream, buf: &mut BytesMut) -> io::Result<AuthMessage> {
+    let p = read_packet(ctx, s, buf).await?;
+    if p.header.ptype != PacketType::Data || p.header.session_id != AUTH_SESSION_ID {
+        return Err(invalid(format!(
+            "expected an authentication message, got {}",
+            p.header
+        )));
+    }
+    AuthMessage::decode(&p.payload).map_err(|e| invalid(e.to_string()))
 }
 
 fn invalid(msg: String) -> io::Error {
@@ -386,6 +470,33 @@ pub(crate) async fn accept_peer(ctx: Arc<Ctx>, mut s: TcpStream, from: SocketAdd
     if let Err(e) = s.write_all(&ack.encode(d)).await {
         return reject(&ctx, from, &format!("cannot send PEER HELLO ACK: {e}"));
     }
+    if let Some(secret) = ctx.secret() {
+        let me = Endpoint {
+            content: h.dst.content,
+            dbid: ctx.settings.dbid,
+            pid: ctx.settings.pid,
+        };
+        let r = tokio::time::timeout(
+            ctx.settings.handshake_timeout,
+            authenticate_connector(&ctx, &mut s, &mut buf, &secret, me, h.src),
+        )
+        .await;
+        match r {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return reject(&ctx, from, &format!("dbid {}: {e}", h.src.dbid)),
+            Err(_) => {
+                ctx.status.counters.auth_failures.fetch_add(1, Relaxed);
+                return reject(
+                    &ctx,
+                    from,
+                    &format!(
+                        "dbid {} did not answer the authentication challenge (a C proxy, or no ic_proxy.peer_auth_secret_file there?)",
+                        h.src.dbid
+                    ),
+                );
+            }
+        }
+    }
     if slot.accepted.try_send((s, buf)).is_err() {
         reject(
             &ctx,
@@ -393,6 +504,53 @@ pub(crate) async fn accept_peer(ctx: Arc<Ctx>, mut s: TcpStream, from: SocketAdd
             &format!("dbid {} is already connecting", h.src.dbid),
         );
     }
+}
+
+/// The acceptor's side of peer authentication.
+async fn authenticate_connector(
+    ctx: &Ctx,
+    s: &mut TcpStream,
+    buf: &mut BytesMut,
+    secret: &[u8],
+    me: Endpoint,
+    connector: Endpoint,
+) -> io::Result<()> {
+    if secret.is_empty() {
+        return Err(auth_failed(ctx, auth::AuthError::NoSecret));
+    }
+    let nonce_a = auth::nonce().map_err(|e| auth_failed(ctx, e))?;
+    write_auth(ctx, s, me, connector, AuthMessage::Challenge { nonce_a }).await?;
+    let answer = read_auth(ctx, s, buf).await.map_err(|e| {
+        ctx.status.counters.auth_failures.fetch_add(1, Relaxed);
+        e
+    })?;
+    let AuthMessage::Response { nonce_c, mac } = answer else {
+        return Err(auth_failed(
+            ctx,
+            auth::AuthError::Unexpected {
+                expected: "response",
+            },
+        ));
+    };
+    auth::verify(
+        secret,
+        AuthRole::Connector,
+        &nonce_a,
+        &nonce_c,
+        connector.dbid,
+        me.dbid,
+        &mac,
+    )
+    .map_err(|e| auth_failed(ctx, e))?;
+    let mac = auth::prove(
+        secret,
+        AuthRole::Acceptor,
+        &nonce_a,
+        &nonce_c,
+        connector.dbid,
+        me.dbid,
+    );
+    write_auth(ctx, s, me, connector, AuthMessage::Confirm { mac }).await
 }
 
 fn reject(ctx: &Ctx, from: SocketAddr, why: &str) {
@@ -518,6 +676,10 @@ async fn read_link(
                     continue;
                 }
             };
+            if h.session_id == AUTH_SESSION_ID {
+                return "the peer asks for authentication, but ic_proxy.peer_auth_secret_file is not set here"
+                    .to_string();
+            }
             if h.session_id == PROBE_SESSION_ID && h.dst.pid == 0 && h.dst.dbid == me {
                 echo_probe(ctx, slot, h, arrival);
                 continue;

@@ -59,6 +59,7 @@ pub(crate) struct Ctx {
     peers: RwLock<HashMap<u16, Arc<PeerSlot>>>,
     my_content: AtomicI32,
     retry_ms: AtomicU64,
+    secret: RwLock<Option<Arc<[u8]>>>,
 }
 
 impl Ctx {
@@ -72,6 +73,14 @@ impl Ctx {
 
     pub fn my_content(&self) -> i16 {
         self.my_content.load(Relaxed) as i16
+    }
+
+    /// The peer-authentication secret in force, if any.
+    pub fn secret(&self) -> Option<Arc<[u8]>> {
+        self.secret
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub fn retry_interval(&self) -> Duration {
@@ -110,6 +119,7 @@ pub async fn run(
         peers: RwLock::new(HashMap::new()),
         my_content: AtomicI32::new(NO_CONTENT),
         retry_ms: AtomicU64::new(cfg.retry_interval.as_millis() as u64),
+        secret: RwLock::new(cfg.peer_secret.clone()),
     });
     log::info!(
         "ic-proxy: starting: dbid {}, dialect {}, max packet size {}",
@@ -172,6 +182,14 @@ pub async fn run(
                 let next = config.borrow_and_update().clone();
                 ctx.retry_ms.store(next.retry_interval.as_millis() as u64, Relaxed);
                 ctx.registry.set_cache_limits(next.early_cache_bytes, next.early_packet_ttl);
+                if next.peer_secret != current.peer_secret {
+                    // New links use it; established ones were authenticated already.
+                    *ctx.secret.write().unwrap_or_else(|p| p.into_inner()) = next.peer_secret.clone();
+                    log::info!(
+                        "ic-proxy: peer authentication {}",
+                        if next.peer_secret.is_some() { "on" } else { "off" }
+                    );
+                }
                 if next.map != current.map {
                     apply_map(&ctx, Some(&current.map), &next.map, &mut injected_peer, &mut listener_token);
                 }

@@ -3,6 +3,7 @@
 //! parts of [`RuntimeConfig`] that a reload may change.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::AddressMap;
@@ -56,6 +57,9 @@ pub struct RuntimeConfig {
     pub early_cache_bytes: usize,
     pub early_packet_ttl: Duration,
     pub retry_interval: Duration,
+    /// The shared secret of peer authentication; None: peers are not
+    /// authenticated (C proxies can join).
+    pub peer_secret: Option<Arc<[u8]>>,
 }
 
 impl RuntimeConfig {
@@ -65,6 +69,7 @@ impl RuntimeConfig {
             early_cache_bytes: 64 << 20,
             early_packet_ttl: Duration::from_secs(60),
             retry_interval: Duration::from_secs(1),
+            peer_secret: None,
         }
     }
 }

@@ -192,6 +192,8 @@ pub struct ProxyCounters {
     /// Packets dropped because nobody could take them (late DATA_ACK, misrouted).
     pub dropped_packets: AtomicU64,
     pub flow_violations: AtomicU64,
+    /// Peer links refused because authentication failed.
+    pub auth_failures: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -216,6 +218,7 @@ pub struct StatusSnapshot {
     pub rejected_connections: u64,
     pub dropped_packets: u64,
     pub flow_violations: u64,
+    pub auth_failures: u64,
     pub peers: Vec<PeerSnapshot>,
 }
 
@@ -256,6 +259,7 @@ impl StatusBoard {
             rejected_connections: c.rejected_connections.load(Relaxed),
             dropped_packets: c.dropped_packets.load(Relaxed),
             flow_violations: c.flow_violations.load(Relaxed),
+            auth_failures: c.auth_failures.load(Relaxed),
             peers: self
                 .peers
                 .read()

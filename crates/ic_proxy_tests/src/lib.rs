@@ -41,6 +41,7 @@ pub struct MeshOptions {
     pub max_packet_size: usize,
     pub early_cache_bytes: usize,
     pub early_packet_ttl: Duration,
+    pub peer_secret: Option<Arc<[u8]>>,
 }
 
 impl Default for MeshOptions {
@@ -50,6 +51,7 @@ impl Default for MeshOptions {
             max_packet_size: 8192,
             early_cache_bytes: 64 << 20,
             early_packet_ttl: Duration::from_secs(60),
+            peer_secret: None,
         }
     }
 }
@@ -108,6 +110,7 @@ impl Mesh {
             early_cache_bytes: self.opts.early_cache_bytes,
             early_packet_ttl: self.opts.early_packet_ttl,
             retry_interval: Duration::from_millis(200),
+            peer_secret: self.opts.peer_secret.clone(),
         }
     }
 
@@ -123,6 +126,7 @@ impl Mesh {
         settings.max_packet_size = self.opts.max_packet_size;
         settings.pid = 10_000 + i32::from(addr.dbid);
         settings.first_dial_delay = Duration::from_millis(10);
+        settings.handshake_timeout = Duration::from_secs(2);
         let (tx, rx) = watch::channel(Arc::new(self.runtime_config(map)));
         let status = StatusBoard::new();
         let shutdown = CancellationToken::new();
