@@ -14,6 +14,7 @@ SHOW ic_proxy.flow_pause_threshold;
 SHOW ic_proxy.flow_resume_threshold;
 SHOW ic_proxy.log_verbosity;
 SHOW ic_proxy.max_packet_size;
+SHOW ic_proxy.peer_auth_secret_file;
 SHOW ic_proxy.peer_retry_interval;
 SHOW ic_proxy.socket_dir;
 SHOW ic_proxy.worker_threads;
@@ -36,6 +37,8 @@ ALTER SYSTEM SET ic_proxy.addresses = '1:-1:cdw:7000, 2:x:sdw1:99999, 1:1:cdw:70
 ALTER SYSTEM SET ic_proxy.addresses = '''1:-1:cdw:7000''';
 \echo SQLSTATE :LAST_ERROR_SQLSTATE
 ALTER SYSTEM SET ic_proxy.socket_dir = 'tmp/ic_proxy';
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
+ALTER SYSTEM SET ic_proxy.peer_auth_secret_file = 'secret.txt';
 \echo SQLSTATE :LAST_ERROR_SQLSTATE
 ALTER SYSTEM SET ic_proxy.socket_dir = '/tmp/a-directory-name-that-is-far-too-long-to-hold-a-unix-socket-of-the-proxy';
 \echo SQLSTATE :LAST_ERROR_SQLSTATE
