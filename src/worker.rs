@@ -122,7 +122,7 @@ fn runtime_config(previous: Option<&RuntimeConfig>) -> RuntimeConfig {
         retry_interval: gucs::peer_retry_interval(),
         peer_secret: match gucs::peer_auth_secret_file() {
             None => None,
-            Some(path) => match read_secret(&path) {
+            Some(path) => match ic_proxy_core::auth::load_secret(&path) {
                 Ok(s) => Some(s),
                 Err(e) => {
                     let kept = previous.and_then(|p| p.peer_secret.clone());
@@ -141,23 +141,6 @@ fn runtime_config(previous: Option<&RuntimeConfig>) -> RuntimeConfig {
             },
         },
     }
-}
-
-/// The secret: the file's content without a trailing newline, at least
-/// MIN_SECRET_LEN bytes.
-fn read_secret(path: &std::path::Path) -> Result<Arc<[u8]>, String> {
-    let mut bytes = std::fs::read(path).map_err(|e| e.to_string())?;
-    while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
-        bytes.pop();
-    }
-    if bytes.len() < ic_proxy_core::auth::MIN_SECRET_LEN {
-        return Err(format!(
-            "the secret is {} bytes; at least {} are needed",
-            bytes.len(),
-            ic_proxy_core::auth::MIN_SECRET_LEN
-        ));
-    }
-    Ok(Arc::from(bytes))
 }
 
 /// Blocks every signal on this thread while the runtime starts its threads,

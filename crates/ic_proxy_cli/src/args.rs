@@ -107,6 +107,11 @@ pub struct RunArgs {
     /// Bytes of packets that may wait for a backend not yet connected [default: 64 MiB]
     #[arg(long, value_name = "BYTES")]
     pub early_cache_size: Option<usize>,
+    /// File with the secret every peer must prove it holds (HMAC-SHA256
+    /// challenge-response); read at start. Without it peers are not
+    /// authenticated, as with the C proxy
+    #[arg(long, value_name = "FILE")]
+    pub peer_auth_secret_file: Option<PathBuf>,
 }
 
 impl RunArgs {

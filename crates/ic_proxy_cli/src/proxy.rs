@@ -51,6 +51,15 @@ pub fn run_proxy(args: RunArgs) -> ExitCode {
     if let Some(bytes) = args.early_cache_size {
         config.early_cache_bytes = bytes;
     }
+    if let Some(path) = &args.peer_auth_secret_file {
+        match ic_proxy_core::auth::load_secret(path) {
+            Ok(secret) => config.peer_secret = Some(secret),
+            Err(e) => {
+                eprintln!("ic-proxy: cannot use {}: {e}", path.display());
+                return ExitCode::from(EXIT_USAGE);
+            }
+        }
+    }
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(usize::from(args.threads))

@@ -452,3 +452,34 @@ fn sighup_rereads_the_map_file_and_keeps_the_old_map_when_the_new_one_is_bad() {
     proxy.stop_with(libc::SIGINT);
     assert!(proxy.log().contains("SIGINT received, stopping"));
 }
+
+#[test]
+fn run_refuses_a_peer_auth_secret_that_is_too_short() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "short\n").unwrap();
+    let out = Command::new(BIN)
+        .args([
+            "run",
+            "--addresses",
+            "1:-1:127.0.0.1:7000",
+            "--dbid",
+            "1",
+            "--port",
+            "5432",
+            "--pid",
+            "78",
+        ])
+        .arg("--socket-dir")
+        .arg(dir.path())
+        .arg("--peer-auth-secret-file")
+        .arg(&secret)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("the secret is 5 bytes; at least 16 are needed"),
+        "{stderr}"
+    );
+}

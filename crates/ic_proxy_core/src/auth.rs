@@ -109,6 +109,22 @@ impl AuthMessage {
     }
 }
 
+/// Reads a secret file: its content without a trailing newline, at least
+/// [`MIN_SECRET_LEN`] bytes.
+pub fn load_secret(path: &std::path::Path) -> Result<std::sync::Arc<[u8]>, String> {
+    let mut bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+    while bytes.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+        bytes.pop();
+    }
+    if bytes.len() < MIN_SECRET_LEN {
+        return Err(format!(
+            "the secret is {} bytes; at least {MIN_SECRET_LEN} are needed",
+            bytes.len()
+        ));
+    }
+    Ok(std::sync::Arc::from(bytes))
+}
+
 pub fn nonce() -> Result<[u8; NONCE_LEN], AuthError> {
     let mut n = [0u8; NONCE_LEN];
     getrandom::fill(&mut n).map_err(|e| AuthError::Random(e.to_string()))?;
