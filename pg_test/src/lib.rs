@@ -761,3 +761,145 @@ impl PgCluster {
             .collect()
     }
 }
+
+// ---- the proxy mesh and what its worker holds -------------------------------------
+
+/// postgresql.conf lines that turn on the proxy of `dbid`, with its backend
+/// socket in `socket_dir` and a peer redialled every 200 ms (tests wait for
+/// reconnections, so the 1 s default would only slow them down).
+pub fn proxy_settings(dbid: u16, socket_dir: &Path) -> Vec<String> {
+    vec![
+        PRELOAD.to_string(),
+        format!("ic_proxy.dbid = {dbid}"),
+        format!("ic_proxy.socket_dir = '{}'", socket_dir.display()),
+        "ic_proxy.peer_retry_interval = '200ms'".to_string(),
+    ]
+}
+
+/// A delta that puts every instance's proxy port (its port + delta) on a
+/// 127.0.0.1 port that is free right now.
+pub fn free_proxy_delta(ports: &[u16]) -> Result<i32, String> {
+    (1000..20000)
+        .step_by(97)
+        .find(|delta| {
+            ports.iter().all(|p| {
+                u16::try_from(i32::from(*p) + delta)
+                    .is_ok_and(|proxy| TcpListener::bind(("127.0.0.1", proxy)).is_ok())
+            })
+        })
+        .ok_or_else(|| format!("no free delta for ports {ports:?}"))
+}
+
+/// A signal to a process the test found itself (a proxy worker, say).
+pub fn signal_process(pid: u32, signal: i32) -> Result<(), String> {
+    send_signal(pid, signal)
+}
+
+/// What a process holds: open file descriptors (`/proc/<pid>/fd`) and
+/// resident memory (`VmRSS` of `/proc/<pid>/status`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Footprint {
+    pub fds: usize,
+    pub rss_kib: u64,
+}
+
+/// The [`Footprint`] of `pid` now; Err when it is gone or unreadable.
+pub fn footprint(pid: u32) -> Result<Footprint, String> {
+    let fds = fs::read_dir(format!("/proc/{pid}/fd"))
+        .map_err(|e| format!("/proc/{pid}/fd: {e}"))?
+        .count();
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))
+        .map_err(|e| format!("/proc/{pid}/status: {e}"))?;
+    let rss_kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .ok_or_else(|| format!("no VmRSS in /proc/{pid}/status"))?;
+    Ok(Footprint { fds, rss_kib })
+}
+
+/// The Unix socket files directly in `dir`, sorted.
+pub fn socket_files(dir: &Path) -> Vec<PathBuf> {
+    use std::os::unix::fs::FileTypeExt;
+    let mut found: Vec<PathBuf> = fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_socket()))
+                .map(|e| e.path())
+                .collect()
+        })
+        .unwrap_or_default();
+    found.sort();
+    found
+}
+
+impl PgInstance {
+    /// The pid of the running proxy worker, as `ic_proxy_info()` publishes
+    /// it; None while no worker runs or the server does not answer.
+    pub fn proxy_worker_pid(&self) -> Option<u32> {
+        self.psql("SELECT worker_pid FROM ic_proxy_info() WHERE running")
+            .ok()?
+            .parse()
+            .ok()
+    }
+
+    /// Waits until the proxy lists `n` map entries, each `self` or
+    /// `connected`; the error shows the last status seen.
+    pub fn wait_mesh(&self, n: usize, timeout: Duration) -> Result<(), String> {
+        let mut last = String::new();
+        wait_until("every peer connected", timeout, || {
+            last = self
+                .psql(
+                    "SELECT string_agg(dbid || ':' || state || ':' || coalesce(last_error, ''), ', ' \
+                     ORDER BY dbid) FROM ic_proxy_status()",
+                )
+                .unwrap_or_else(|e| e);
+            let states: Vec<&str> = last.split(", ").collect();
+            (states.len() == n
+                && states
+                    .iter()
+                    .all(|s| s.contains(":self:") || s.contains(":connected:")))
+            .then_some(())
+        })
+        .map_err(|e| format!("{e}: {last}"))
+    }
+}
+
+impl PgCluster {
+    /// `n` instances brought into a live mesh the way a user does it:
+    /// [`proxy_settings`] (the socket in each instance's own directory),
+    /// started, `gp_segment_configuration` filled, the map from
+    /// `ic_proxy_addresses_generate(delta)` applied everywhere with ALTER
+    /// SYSTEM + reload, and every link connected. Returns the map.
+    pub fn start_mesh(n: usize, timeout: Duration) -> Result<(PgCluster, String), String> {
+        let mut cluster = PgCluster::new(n, |_, _| Vec::new())?;
+        for m in &cluster.members {
+            let lines = proxy_settings(m.dbid, &m.instance.socket_dir());
+            m.instance
+                .append_conf(&lines.iter().map(String::as_str).collect::<Vec<_>>())?;
+        }
+        cluster.start_all()?;
+        cluster.fill_segment_configuration()?;
+        let ports: Vec<u16> = cluster.members.iter().map(|m| m.instance.port()).collect();
+        let delta = free_proxy_delta(&ports)?;
+        let map = cluster.members[0]
+            .instance
+            .psql(&format!("SELECT ic_proxy_addresses_generate({delta})"))?;
+        cluster.psql_all(&format!(
+            "ALTER SYSTEM SET ic_proxy.addresses = '{map}';\nSELECT pg_reload_conf();"
+        ))?;
+        cluster.wait_mesh(timeout)?;
+        Ok((cluster, map))
+    }
+
+    /// [`PgInstance::wait_mesh`] on every member, for all of them.
+    pub fn wait_mesh(&self, timeout: Duration) -> Result<(), String> {
+        let n = self.members.len();
+        self.members.iter().try_for_each(|m| {
+            m.instance
+                .wait_mesh(n, timeout)
+                .map_err(|e| format!("dbid {}: {e}", m.dbid))
+        })
+    }
+}
