@@ -18,7 +18,7 @@ use crate::flow::RecvCredit;
 use crate::peer::{read_packet, OutFrame, PeerSlot};
 use crate::protocol::{LogicalConnKey, PacketType};
 use crate::proxy::Ctx;
-use crate::route::{Arrival, Delivery, RouteCache, SessionShared};
+use crate::route::{Arrival, Delivery, RouteCache, SessionShared, PACKET_COST};
 
 /// Where a session's outgoing packets go.
 enum Target {
@@ -45,7 +45,11 @@ impl Outbound<'_> {
         match self.target {
             Target::Peer(slot) => {
                 let header = self.key.header(ptype, d, payload.len()).encode(d);
-                slot.send(OutFrame { header, payload });
+                slot.send(OutFrame {
+                    header,
+                    payload,
+                    echo: false,
+                });
             }
             Target::Local => {
                 let arrival = match ptype {
@@ -166,7 +170,9 @@ fn refuse(ctx: &Ctx, why: &str) {
         .counters
         .rejected_connections
         .fetch_add(1, Relaxed);
-    log::warn!("ic-proxy: refused backend connection: {why}");
+    ctx.refusals.warn("refused connections", || {
+        format!("ic-proxy: refused backend connection: {why}")
+    });
 }
 
 /// Backend -> proxy: frame ic-tcp packets, merge what one read brought into
@@ -187,10 +193,10 @@ async fn read_backend(
     let mut runs = Vec::new();
     loop {
         // Flow control: a paused sender is not read until DATA_ACKs come back.
-        while shared.is_paused() && !shared.abort.is_cancelled() {
+        while shared.is_paused() && !shared.stop_reading.is_cancelled() {
             tokio::select! {
                 _ = shared.resume.notified() => {}
-                _ = shared.abort.cancelled() => {}
+                _ = shared.stop_reading.cancelled() => {}
             }
         }
         if !buf.is_empty() || buf.capacity() < READ_ROOM / 4 {
@@ -198,7 +204,7 @@ async fn read_backend(
             buf.reserve(READ_ROOM);
         }
         let n = tokio::select! {
-            _ = shared.abort.cancelled() => break,
+            _ = shared.stop_reading.cancelled() => break,
             r = rd.read_buf(&mut buf) => r,
         };
         match n {
@@ -278,12 +284,14 @@ async fn write_backend(
                 next = rx.try_recv().ok();
             }
         }
+        // What these packets counted against the session's queue bound.
+        let cost = out.len() + packets as usize * PACKET_COST;
         if !out.is_empty() {
             let written: io::Result<()> = tokio::select! {
                 _ = shared.abort.cancelled() => break,
                 r = wr.write_all(&out) => r,
             };
-            shared.queued.fetch_sub(out.len(), Relaxed);
+            shared.queued.fetch_sub(cost, Relaxed);
             if let Err(e) = written {
                 log::info!("ic-proxy: session {}: backend gone ({e})", shared.key);
                 shared.abort.cancel();
@@ -293,6 +301,9 @@ async fn write_backend(
             if out.capacity() > 4 * WRITE_BATCH {
                 out.shrink_to(64 * 1024);
             }
+        } else {
+            // Empty DATA packets: nothing to write, their cost to release.
+            shared.queued.fetch_sub(cost, Relaxed);
         }
         for _ in 0..credit.on_delivered(packets, &ctx.settings.flow) {
             acks.send(PacketType::DataAck, Bytes::new());

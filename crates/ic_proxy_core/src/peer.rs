@@ -7,7 +7,7 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,7 +32,13 @@ use crate::status::{PeerState, PeerStats};
 pub(crate) struct OutFrame {
     pub header: EncodedHeader,
     pub payload: Bytes,
+    /// A probe's echo, counted in `PeerSlot::echo_queued` while it waits.
+    pub echo: bool,
 }
+
+/// Echoes of probes waiting for one peer, at most: a peer that sends probes
+/// and reads nothing back cannot make the queue grow past this.
+const PROBE_ECHO_LIMIT: usize = 1 << 20;
 
 /// A batch of frames is written in one call once it reaches this size.
 const WRITE_BATCH: usize = 256 * 1024;
@@ -47,6 +53,8 @@ pub(crate) struct PeerSlot {
     pub token: CancellationToken,
     accepted: mpsc::Sender<(TcpStream, BytesMut)>,
     link_up: AtomicBool,
+    /// Bytes of probe echoes queued and not yet taken by the link's writer.
+    echo_queued: AtomicUsize,
 }
 
 /// Who opens the link between this instance and a peer.
@@ -89,6 +97,7 @@ impl PeerSlot {
             token: ctx.shutdown.child_token(),
             accepted,
             link_up: AtomicBool::new(false),
+            echo_queued: AtomicUsize::new(0),
         });
         let task_ctx = ctx.clone();
         let task_slot = slot.clone();
@@ -105,6 +114,14 @@ impl PeerSlot {
 
     pub fn is_up(&self) -> bool {
         self.link_up.load(Relaxed)
+    }
+
+    /// A frame left the queue (written, or discarded with a dead link).
+    fn taken(&self, f: &OutFrame) {
+        if f.echo {
+            self.echo_queued
+                .fetch_sub(f.header.len() + f.payload.len(), Relaxed);
+        }
     }
 }
 
@@ -167,7 +184,9 @@ async fn peer_task(
         slot.link_up.store(false, Relaxed);
         // Frames queued for the dead link belong to the logical connections
         // being ended now: discard them before ending those connections.
-        while rx.try_recv().is_ok() {}
+        while let Ok(f) = rx.try_recv() {
+            slot.taken(&f);
+        }
         let ended = ctx.registry.abort_remote(slot.addr.dbid);
         if slot.token.is_cancelled() {
             break;
@@ -439,6 +458,34 @@ pub(crate) async fn accept_peer(ctx: Arc<Ctx>, mut s: TcpStream, from: SocketAdd
             ),
         );
     }
+    // Only the instance with the higher content dials (the C proxy's rule
+    // too): a PEER HELLO against it would take over a link this side dials,
+    // or link a mirror to its primary.
+    match role(ctx.my_content(), ctx.settings.dbid, &slot.addr) {
+        Role::Wait => {}
+        Role::Dial => {
+            return reject(
+                &ctx,
+                from,
+                &format!(
+                    "PEER HELLO from dbid {}, which this instance dials itself (its content {} is below ours, {}): are the maps the same everywhere?",
+                    h.src.dbid,
+                    slot.addr.content,
+                    ctx.my_content()
+                ),
+            )
+        }
+        Role::None => {
+            return reject(
+                &ctx,
+                from,
+                &format!(
+                    "PEER HELLO from dbid {}, which has the same content {} as this instance: no link between them",
+                    h.src.dbid, slot.addr.content
+                ),
+            )
+        }
+    }
     if slot.is_up() {
         return reject(
             &ctx,
@@ -520,9 +567,8 @@ async fn authenticate_connector(
     }
     let nonce_a = auth::nonce().map_err(|e| auth_failed(ctx, e))?;
     write_auth(ctx, s, me, connector, AuthMessage::Challenge { nonce_a }).await?;
-    let answer = read_auth(ctx, s, buf).await.map_err(|e| {
+    let answer = read_auth(ctx, s, buf).await.inspect_err(|_| {
         ctx.status.counters.auth_failures.fetch_add(1, Relaxed);
-        e
     })?;
     let AuthMessage::Response { nonce_c, mac } = answer else {
         return Err(auth_failed(
@@ -558,7 +604,9 @@ fn reject(ctx: &Ctx, from: SocketAddr, why: &str) {
         .counters
         .rejected_connections
         .fetch_add(1, Relaxed);
-    log::warn!("ic-proxy: refused peer connection from {from}: {why}");
+    ctx.refusals.warn("refused connections", || {
+        format!("ic-proxy: refused peer connection from {from}: {why}")
+    });
 }
 
 /// Runs one established link until it fails or the slot is cancelled;
@@ -607,12 +655,14 @@ async fn write_link(
             f = rx.recv() => match f { Some(f) => f, None => break },
         };
         let mut packets = 1u64;
+        slot.taken(&first);
         out.extend_from_slice(&first.header);
         out.extend_from_slice(&first.payload);
         // Send what is queued now, without waiting for more.
         while out.len() < WRITE_BATCH {
             match rx.try_recv() {
                 Ok(f) => {
+                    slot.taken(&f);
                     out.extend_from_slice(&f.header);
                     out.extend_from_slice(&f.payload);
                     packets += 1;
@@ -724,17 +774,31 @@ fn echo_probe(ctx: &Ctx, slot: &PeerSlot, h: &Header, a: Arrival) {
     };
     let d = ctx.settings.dialect;
     let back = LogicalConnKey::from_p2c(h).header(ptype, d, payload.len());
+    let header = back.encode(d);
+    let size = header.len() + payload.len();
+    let waiting = slot.echo_queued.load(Relaxed);
+    if waiting + size > PROBE_ECHO_LIMIT {
+        return drop_packet(
+            ctx,
+            slot,
+            &format!("probe not echoed: {waiting} bytes of echoes already wait (the peer does not read them)"),
+        );
+    }
+    slot.echo_queued.fetch_add(size, Relaxed);
     slot.send(OutFrame {
-        header: back.encode(d),
+        header,
         payload,
+        echo: true,
     });
 }
 
 fn drop_packet(ctx: &Ctx, slot: &PeerSlot, why: &str) {
     ctx.status.counters.dropped_packets.fetch_add(1, Relaxed);
     slot.stats.drops.fetch_add(1, Relaxed);
-    log::warn!(
-        "ic-proxy: peer dbid {}: dropped a packet: {why}",
-        slot.addr.dbid
-    );
+    ctx.drops.warn("dropped packets", || {
+        format!(
+            "ic-proxy: peer dbid {}: dropped a packet: {why}",
+            slot.addr.dbid
+        )
+    });
 }

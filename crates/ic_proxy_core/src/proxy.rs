@@ -23,7 +23,7 @@ use crate::peer::{accept_peer, PeerSlot};
 use crate::protocol::{IcTcpFramer, PacketDecoder};
 use crate::route::Registry;
 use crate::settings::{ProxySettings, RuntimeConfig};
-use crate::status::{PeerState, PeerStats, StatusBoard};
+use crate::status::{LogLimit, PeerState, PeerStats, StatusBoard};
 
 /// Listeners made by the caller; `None` means the runtime binds its own
 /// (and retries every second while it cannot).
@@ -60,6 +60,10 @@ pub(crate) struct Ctx {
     my_content: AtomicI32,
     retry_ms: AtomicU64,
     secret: RwLock<Option<Arc<[u8]>>>,
+    /// Warnings of refused connections and dropped packets: hostile input
+    /// can produce them by the million.
+    pub refusals: LogLimit,
+    pub drops: LogLimit,
 }
 
 impl Ctx {
@@ -120,6 +124,8 @@ pub async fn run(
         my_content: AtomicI32::new(NO_CONTENT),
         retry_ms: AtomicU64::new(cfg.retry_interval.as_millis() as u64),
         secret: RwLock::new(cfg.peer_secret.clone()),
+        refusals: LogLimit::default(),
+        drops: LogLimit::default(),
     });
     log::info!(
         "ic-proxy: starting: dbid {}, dialect {}, max packet size {}",

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::cache::{Dropped, EarlyCache};
 use crate::flow::{FlowParams, FlowViolation, SendCredit};
 use crate::protocol::LogicalConnKey;
-use crate::status::StatusBoard;
+use crate::status::{LogLimit, StatusBoard};
 
 /// What a session's writer sends to its backend.
 #[derive(Debug)]
@@ -35,8 +35,15 @@ pub(crate) enum Arrival {
     Ack,
 }
 
-/// Accounting size of a header-only message waiting in the cache.
-const MESSAGE_COST: usize = 64;
+/// What one waiting packet costs besides its payload (its queue slot, with
+/// the queue's growth slack, and its allocation), for the early cache's cap
+/// and a session's queue bound.
+pub(crate) const PACKET_COST: usize = 96;
+/// What one waiting logical connection costs besides its packets (its map
+/// and order entries, the first allocation of its queue). Without it, a
+/// flood of 1-byte packets for distinct keys costs ~500 bytes of memory
+/// per byte the cap counts.
+const KEY_COST: usize = 512;
 
 /// The part of a backend session other tasks can reach.
 pub(crate) struct SessionShared {
@@ -47,11 +54,16 @@ pub(crate) struct SessionShared {
     p2c_done: AtomicBool,
     /// Cancelled when the session has left the registry.
     pub closed: CancellationToken,
-    /// Cancelled to end the session at once (peer lost, violation, shutdown).
+    /// Cancelled to end the session at once (violation, backend gone,
+    /// shutdown).
     pub abort: CancellationToken,
+    /// Cancelled (with `abort`, or alone when the peer is lost) to stop
+    /// reading the backend.
+    pub stop_reading: CancellationToken,
     credit: Mutex<SendCredit>,
     pub resume: Notify,
-    /// Payload bytes routed to this session and not yet written to its backend.
+    /// Payload bytes (plus [`PACKET_COST`] per packet) routed to this session
+    /// and not yet written to its backend.
     pub queued: AtomicUsize,
     queued_cap: usize,
     flow: FlowParams,
@@ -70,6 +82,7 @@ impl SessionShared {
             tx,
             p2c_done: AtomicBool::new(false),
             closed: CancellationToken::new(),
+            stop_reading: abort.child_token(),
             abort,
             credit: Mutex::new(SendCredit::default()),
             resume: Notify::new(),
@@ -94,7 +107,8 @@ impl SessionShared {
     fn push(&self, a: Arrival) -> Result<(), Violation> {
         match a {
             Arrival::Data(b) => {
-                let q = self.queued.fetch_add(b.len(), Relaxed) + b.len();
+                let cost = b.len() + PACKET_COST;
+                let q = self.queued.fetch_add(cost, Relaxed) + cost;
                 if q > self.queued_cap {
                     return Err(Violation::Overrun {
                         queued: q,
@@ -120,6 +134,17 @@ impl SessionShared {
             }
         }
         Ok(())
+    }
+
+    /// The other end's instance is gone: stop reading the backend, and
+    /// end its stream after what already arrived (written first, as the C
+    /// proxy queues its half-close after pending writes).
+    fn end_remote(&self) {
+        self.p2c_done.store(true, Relaxed);
+        self.lock_credit().release();
+        self.resume.notify_one();
+        let _ = self.tx.send(Delivery::Bye);
+        self.stop_reading.cancel();
     }
 
     /// Counts DATA packets sent; true when the sender must pause.
@@ -162,6 +187,8 @@ struct Inner {
 pub(crate) struct Registry {
     inner: Mutex<Inner>,
     status: Arc<StatusBoard>,
+    /// A flood of packets for distinct keys drops one connection per packet.
+    drop_log: LogLimit,
 }
 
 impl Registry {
@@ -172,6 +199,7 @@ impl Registry {
                 early: EarlyCache::new(cap_bytes, ttl),
             }),
             status,
+            drop_log: LogLimit::default(),
         }
     }
 
@@ -213,19 +241,26 @@ impl Registry {
                 };
             }
         }
+        // A new waiting connection pays for its bookkeeping too.
+        let key_cost = if g.early.contains(key) { 0 } else { KEY_COST };
         let (item, size) = match a {
             // A DATA_ACK nobody waits for is late: the sender is gone.
             Arrival::Ack => {
                 drop(g);
                 self.status.counters.dropped_packets.fetch_add(1, Relaxed);
+                // Debug only: after a cancel every late ACK lands here (#12605).
+                log::debug!("ic-proxy: dropped a DATA ACK for {key}: no sender waits for it");
                 return Routed::Dropped;
             }
-            Arrival::Data(b) => {
-                let n = b.len();
-                (Delivery::Data(b), n.max(1))
-            }
-            Arrival::Bye => (Delivery::Bye, MESSAGE_COST),
+            // A copy: a slice would keep the whole read buffer it came from
+            // alive (64 KiB for a 1-byte packet) for as long as it waits.
+            Arrival::Data(b) => (
+                Delivery::Data(Bytes::copy_from_slice(&b)),
+                b.len() + PACKET_COST,
+            ),
+            Arrival::Bye => (Delivery::Bye, PACKET_COST),
         };
+        let size = size + key_cost;
         let dropped = g.early.push(*key, (item, size), size, Instant::now());
         let cached = g.early.contains(key);
         self.status
@@ -311,7 +346,7 @@ impl Registry {
             (v, d)
         };
         for s in &victims {
-            s.abort.cancel();
+            s.end_remote();
         }
         self.count_dropped(&dropped, "their peer is gone");
         victims.len()
@@ -355,12 +390,12 @@ impl Registry {
             if let Some(p) = self.status.peer(d.key.remote.dbid) {
                 p.drops.fetch_add(1, Relaxed);
             }
-            log::warn!(
-                "ic-proxy: dropped {} early packets ({} bytes) of {}: {why}",
-                d.packets,
-                d.bytes,
-                d.key
-            );
+            self.drop_log.warn("early-packet drops", || {
+                format!(
+                    "ic-proxy: dropped {} early packets ({} bytes) of {}: {why}",
+                    d.packets, d.bytes, d.key
+                )
+            });
         }
     }
 }

@@ -3,6 +3,8 @@
 //! and helpers that stream checksummed data through them with the backend
 //! client.
 
+pub mod hostile;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -42,6 +44,11 @@ pub struct MeshOptions {
     pub early_cache_bytes: usize,
     pub early_packet_ttl: Duration,
     pub peer_secret: Option<Arc<[u8]>>,
+    /// How long a new peer or backend connection may take to say hello.
+    pub handshake_timeout: Duration,
+    /// Map entries with no proxy behind them, `(dbid, content)`: the dbids a
+    /// test's fake peers claim, or instances that never answer.
+    pub absent: Vec<(u16, i16)>,
 }
 
 impl Default for MeshOptions {
@@ -52,6 +59,8 @@ impl Default for MeshOptions {
             early_cache_bytes: 64 << 20,
             early_packet_ttl: Duration::from_secs(60),
             peer_secret: None,
+            handshake_timeout: Duration::from_secs(2),
+            absent: Vec::new(),
         }
     }
 }
@@ -91,8 +100,19 @@ impl Mesh {
             .enumerate()
             .map(|(i, c)| reserve(i as u16 + 1, *c))
             .collect();
-        let map = AddressMap::from_entries(reserved.iter().map(|(_, a)| a.clone()).collect())
-            .expect("valid map");
+        // Absent instances get a port nobody listens on.
+        let absent = opts
+            .absent
+            .iter()
+            .map(|(dbid, content)| reserve(*dbid, *content).1);
+        let map = AddressMap::from_entries(
+            reserved
+                .iter()
+                .map(|(_, a)| a.clone())
+                .chain(absent)
+                .collect(),
+        )
+        .expect("valid map");
         let mut mesh = Mesh {
             proxies: Vec::new(),
             opts,
@@ -126,7 +146,7 @@ impl Mesh {
         settings.max_packet_size = self.opts.max_packet_size;
         settings.pid = 10_000 + i32::from(addr.dbid);
         settings.first_dial_delay = Duration::from_millis(10);
-        settings.handshake_timeout = Duration::from_secs(2);
+        settings.handshake_timeout = self.opts.handshake_timeout;
         let (tx, rx) = watch::channel(Arc::new(self.runtime_config(map)));
         let status = StatusBoard::new();
         let shutdown = CancellationToken::new();
@@ -166,6 +186,7 @@ impl Mesh {
             .expect("no such proxy")
     }
 
+    /// The map of the running and stopped proxies (absent entries left out).
     pub fn map(&self) -> AddressMap {
         AddressMap::from_entries(self.proxies.iter().map(|p| p.addr.clone()).collect()).unwrap()
     }
@@ -344,29 +365,93 @@ pub async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
-struct StderrLog;
+/// The test log: every record at debug level or above is kept (with the
+/// name of the thread that logged it, so a test can pick out its own
+/// proxies' lines, see [`run_named`]), and printed to stderr at the level
+/// IC_PROXY_TEST_LOG names, if set.
+struct TestLog {
+    print: Option<log::LevelFilter>,
+}
 
-impl log::Log for StderrLog {
+/// Kept log lines; the oldest go first past this many.
+const LOG_KEEP: usize = 200_000;
+
+static LOG_LINES: std::sync::Mutex<std::collections::VecDeque<LogLine>> =
+    std::sync::Mutex::new(std::collections::VecDeque::new());
+
+/// One captured log record.
+#[derive(Clone, Debug)]
+pub struct LogLine {
+    pub thread: String,
+    pub level: log::Level,
+    pub text: String,
+}
+
+impl log::Log for TestLog {
     fn enabled(&self, _: &log::Metadata) -> bool {
         true
     }
     fn log(&self, r: &log::Record) {
-        eprintln!(
-            "{:?} {} {}",
-            std::time::SystemTime::now(),
-            r.level(),
-            r.args()
-        );
+        let text = r.args().to_string();
+        if self.print.is_some_and(|p| r.level() <= p) {
+            eprintln!("{:?} {} {}", std::time::SystemTime::now(), r.level(), text);
+        }
+        let thread = std::thread::current().name().unwrap_or("").to_string();
+        let mut lines = LOG_LINES.lock().unwrap_or_else(|p| p.into_inner());
+        if lines.len() >= LOG_KEEP {
+            lines.pop_front();
+        }
+        lines.push_back(LogLine {
+            thread,
+            level: r.level(),
+            text,
+        });
     }
     fn flush(&self) {}
 }
 
-/// Sends the proxies' log to stderr when IC_PROXY_TEST_LOG is set (e.g. to
-/// "debug"); `cargo test -- --nocapture` shows it.
+/// Installs the test log (once per test binary). Records are captured at
+/// debug level and above; they are printed to stderr too when
+/// IC_PROXY_TEST_LOG is set (e.g. to "debug"): `cargo test -- --nocapture`
+/// shows them.
 pub fn init_log() {
-    if let Ok(level) = std::env::var("IC_PROXY_TEST_LOG") {
-        if log::set_logger(&StderrLog).is_ok() {
-            log::set_max_level(level.parse().unwrap_or(log::LevelFilter::Info));
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let print = std::env::var("IC_PROXY_TEST_LOG")
+            .ok()
+            .map(|l| l.parse().unwrap_or(log::LevelFilter::Info));
+        let logger = Box::leak(Box::new(TestLog { print }));
+        if log::set_logger(logger).is_ok() {
+            log::set_max_level(
+                print
+                    .unwrap_or(log::LevelFilter::Debug)
+                    .max(log::LevelFilter::Debug),
+            );
         }
-    }
+    });
+}
+
+/// The captured lines logged by threads named `thread`.
+pub fn log_lines(thread: &str) -> Vec<LogLine> {
+    LOG_LINES
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .filter(|l| l.thread == thread)
+        .cloned()
+        .collect()
+}
+
+/// Runs `f` on a runtime of its own whose threads are named `name`: every
+/// line the proxies it starts log carries that name, so tests running in
+/// parallel can tell their lines apart.
+pub fn run_named<F: std::future::Future>(name: &str, f: F) -> F::Output {
+    init_log();
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name(name)
+        .enable_all()
+        .build()
+        .expect("test runtime")
+        .block_on(f)
 }
