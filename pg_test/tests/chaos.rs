@@ -847,17 +847,13 @@ fn connections_survive_or_end_cleanly_through_kills_restarts_and_reloads() {
     assert_eq!(reloads_changed + reloads_unchanged, N * RELOADS);
 }
 
-/// A connection cut by a lost link must leave nothing for the next link.
-/// Today it does (the proxy bug in the chaos report): when a link is lost,
-/// the peer task empties the link's queue and only then ends the sessions
-/// through it; each of them then queues its BYE, which waits for the next
-/// link, lands in the restarted peer's early-packet cache (for
-/// `ic_proxy.early_packet_ttl`), and is handed to the next connection with
-/// the same key (the key, like the C proxy's, leaves out the session id),
-/// which ends at once with nothing delivered.
+/// A connection cut by a lost link must leave nothing for the next link:
+/// the BYEs the ended sessions still send belong to the old link's
+/// generation and are dropped, instead of waiting for the next link, landing
+/// in the restarted peer's early-packet cache and ending the next connection
+/// with the same key (the key, like the C proxy's, leaves out the session
+/// id) before it delivered anything.
 #[test]
-#[ignore = "proxy bug: BYEs of connections cut by a lost link cross into the next link; \
-            run with --ignored, and drop this attribute once it passes"]
 fn a_cut_connection_leaves_nothing_for_the_next_link() {
     let (cluster, _) = PgCluster::start_mesh(2, MESH_TIMEOUT).expect("the mesh");
     let rt = tokio::runtime::Builder::new_multi_thread()

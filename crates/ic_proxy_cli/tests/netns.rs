@@ -219,6 +219,18 @@ impl Lab {
             ],
         )?;
         self.try_ip(&sw, &["link", "set", &port, "master", "br0", "up"])?;
+        // A host keeps its network card's address across reboots; so does
+        // this one, or its neighbours would keep sending to a stale one.
+        self.try_ip(
+            &ns,
+            &[
+                "link",
+                "set",
+                "eth0",
+                "address",
+                &format!("02:00:0a:d5:07:{dbid:02x}"),
+            ],
+        )?;
         self.try_ip(
             &ns,
             &["addr", "add", &format!("{}/24", addr(dbid)), "dev", "eth0"],
@@ -951,9 +963,12 @@ fn the_mesh_rides_out_bandwidth_limits_latency_stalls_and_pulled_cables() {
 /// 2, never dials again; both links stay dead until TCP keepalive (60 s
 /// idle, then probes 10 s apart) or a write (tcp_retries2, about 15 min
 /// with unacknowledged data) ends the old link.
+///
+/// Host 1 learns it from host 2's new PEER_HELLO: it probes the old link,
+/// which gets no answer (or a reset), and takes the new connection. Host 3
+/// learns it from TCP keepalive: after 5 s of silence its first probe draws
+/// a reset from the rebooted host.
 #[test]
-#[ignore = "proxy bug: a half-open link blocks a rebooted peer for 60 s or more; \
-            run with --ignored, and drop this attribute once it passes"]
 fn a_rebooted_host_is_linked_again_at_once() {
     let mut lab = match Lab::build() {
         Ok(lab) => lab,

@@ -24,7 +24,8 @@ use crate::route::{Arrival, Delivery, RouteCache, SessionShared, PACKET_COST};
 enum Target {
     /// Both backends are on this instance.
     Local,
-    Peer(Arc<PeerSlot>),
+    /// The peer, and the link generation the session started in.
+    Peer(Arc<PeerSlot>, u64),
 }
 
 /// Room kept free in a session's read buffer before each read.
@@ -43,12 +44,13 @@ impl Outbound<'_> {
     fn send(&mut self, ptype: PacketType, payload: Bytes) {
         let d = self.ctx.settings.dialect;
         match self.target {
-            Target::Peer(slot) => {
+            Target::Peer(slot, generation) => {
                 let header = self.key.header(ptype, d, payload.len()).encode(d);
                 slot.send(OutFrame {
                     header,
                     payload,
                     echo: false,
+                    generation: *generation,
                 });
             }
             Target::Local => {
@@ -95,7 +97,7 @@ pub(crate) async fn run_session(ctx: Arc<Ctx>, stream: UnixStream) {
         Target::Local
     } else {
         match ctx.peer(key.remote.dbid) {
-            Some(slot) => Target::Peer(slot),
+            Some(slot) => Target::Peer(slot, 0),
             None => {
                 return refuse(
                     &ctx,
@@ -139,10 +141,19 @@ pub(crate) async fn run_session(ctx: Arc<Ctx>, stream: UnixStream) {
             }
         }
     }
+    // Registered: from now on, losing the link ends this session, and its
+    // frames belong to the link generation in force now.
+    let target = match target {
+        Target::Peer(slot, _) => {
+            let generation = slot.generation();
+            Target::Peer(slot, generation)
+        }
+        local => local,
+    };
     let counters = &ctx.status.counters;
     counters.sessions_open.fetch_add(1, Relaxed);
     counters.sessions_total.fetch_add(1, Relaxed);
-    if let Target::Peer(slot) = &target {
+    if let Target::Peer(slot, _) = &target {
         slot.stats.logical_conns.fetch_add(1, Relaxed);
     }
     log::debug!("ic-proxy: session {key} registered");
@@ -159,7 +170,7 @@ pub(crate) async fn run_session(ctx: Arc<Ctx>, stream: UnixStream) {
 
     ctx.registry.unregister(&shared);
     counters.sessions_open.fetch_sub(1, Relaxed);
-    if let Target::Peer(slot) = &*target {
+    if let Target::Peer(slot, _) = &*target {
         slot.stats.logical_conns.fetch_sub(1, Relaxed);
     }
     log::debug!("ic-proxy: session {key} closed");

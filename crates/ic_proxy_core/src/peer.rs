@@ -7,15 +7,15 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{self, AuthMessage, Role as AuthRole, AUTH_SESSION_ID};
@@ -34,11 +34,18 @@ pub(crate) struct OutFrame {
     pub payload: Bytes,
     /// A probe's echo, counted in `PeerSlot::echo_queued` while it waits.
     pub echo: bool,
+    /// The link generation the frame belongs to: frames of logical
+    /// connections cut with an earlier link are never sent on a later one.
+    pub generation: u64,
 }
 
 /// Echoes of probes waiting for one peer, at most: a peer that sends probes
 /// and reads nothing back cannot make the queue grow past this.
 const PROBE_ECHO_LIMIT: usize = 1 << 20;
+
+/// How long an established link has to answer a probe when its peer dials
+/// again.
+const LINK_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// A batch of frames is written in one call once it reaches this size.
 const WRITE_BATCH: usize = 256 * 1024;
@@ -55,6 +62,13 @@ pub(crate) struct PeerSlot {
     link_up: AtomicBool,
     /// Bytes of probe echoes queued and not yet taken by the link's writer.
     echo_queued: AtomicUsize,
+    /// Bumped each time a link is lost.
+    generation: AtomicU64,
+    /// The link in use, to end it when a reconnecting peer proves it dead.
+    current_link: Mutex<Option<CancellationToken>>,
+    /// Sequence number of the last link probe sent, and the last answered.
+    probe_seq: AtomicU32,
+    probe_answered: watch::Sender<u32>,
 }
 
 /// Who opens the link between this instance and a peer.
@@ -98,6 +112,10 @@ impl PeerSlot {
             accepted,
             link_up: AtomicBool::new(false),
             echo_queued: AtomicUsize::new(0),
+            generation: AtomicU64::new(0),
+            current_link: Mutex::new(None),
+            probe_seq: AtomicU32::new(0),
+            probe_answered: watch::channel(0).0,
         });
         let task_ctx = ctx.clone();
         let task_slot = slot.clone();
@@ -114,6 +132,68 @@ impl PeerSlot {
 
     pub fn is_up(&self) -> bool {
         self.link_up.load(Relaxed)
+    }
+
+    /// The generation of the current (or next) link.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Relaxed)
+    }
+
+    /// Asks the peer proxy, over the established link, to answer a probe;
+    /// true if it does within `within`. A half-open link (the peer rebooted,
+    /// a cable was pulled) gets no answer; neither does a C proxy, which
+    /// knows no probes.
+    async fn link_answers(&self, ctx: &Ctx, within: Duration) -> bool {
+        let seq = self.probe_seq.fetch_add(1, Relaxed).wrapping_add(1);
+        let mut answered = self.probe_answered.subscribe();
+        let d = ctx.settings.dialect;
+        let key = LogicalConnKey {
+            local: Endpoint {
+                content: ctx.my_content(),
+                dbid: ctx.settings.dbid,
+                pid: 0,
+            },
+            remote: Endpoint {
+                content: self.addr.content,
+                dbid: self.addr.dbid,
+                pid: 0,
+            },
+            session_id: PROBE_SESSION_ID,
+            command_id: seq,
+            send_slice: LINK_PROBE_REQUEST,
+            recv_slice: 0,
+        };
+        self.send(OutFrame {
+            header: key.header(PacketType::Data, d, 0).encode(d),
+            payload: Bytes::new(),
+            echo: false,
+            generation: self.generation(),
+        });
+        // A dead link often ends at once: the probe draws a reset.
+        let link_down = async {
+            while self.is_up() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        let answer = async {
+            tokio::select! {
+                r = answered.wait_for(|v| *v == seq) => r.is_ok(),
+                _ = link_down => false,
+            }
+        };
+        tokio::time::timeout(within, answer).await.unwrap_or(false)
+    }
+
+    /// Ends the link in use (the peer task then takes the next one).
+    fn end_link(&self) {
+        if let Some(t) = self
+            .current_link
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            t.cancel();
+        }
     }
 
     /// A frame left the queue (written, or discarded with a dead link).
@@ -182,6 +262,9 @@ async fn peer_task(
         );
         let reason = run_link(&ctx, &slot, link.0, link.1, &mut rx).await;
         slot.link_up.store(false, Relaxed);
+        // What the ended logical connections still send (their BYEs) stays
+        // behind: the next link starts a new generation.
+        slot.generation.fetch_add(1, Relaxed);
         // Frames queued for the dead link belong to the logical connections
         // being ended now: discard them before ending those connections.
         while let Ok(f) = rx.try_recv() {
@@ -224,10 +307,16 @@ async fn dial(ctx: &Ctx, addr: &PeerAddr) -> io::Result<(TcpStream, BytesMut)> {
 pub(crate) fn tune_socket(s: &TcpStream) {
     let _ = s.set_nodelay(true);
     let sock = socket2::SockRef::from(s);
+    // A dead peer is noticed within about 10 s (keepalive after 5 s of
+    // silence; a rebooted host answers its first probe with a reset), or
+    // after 10 s of unacknowledged data (user timeout), not TCP's 15 minutes.
+    // Keepalive is invisible to the peer process, C proxies included.
     let ka = socket2::TcpKeepalive::new()
-        .with_time(Duration::from_secs(60))
-        .with_interval(Duration::from_secs(10));
+        .with_time(Duration::from_secs(5))
+        .with_interval(Duration::from_secs(2))
+        .with_retries(3);
     let _ = sock.set_tcp_keepalive(&ka);
+    let _ = sock.set_tcp_user_timeout(Some(Duration::from_secs(10)));
 }
 
 async fn handshake_as_dialer(
@@ -487,11 +576,40 @@ pub(crate) async fn accept_peer(ctx: Arc<Ctx>, mut s: TcpStream, from: SocketAdd
         }
     }
     if slot.is_up() {
-        return reject(
-            &ctx,
-            from,
-            &format!("dbid {} is already connected", h.src.dbid),
+        // A second PEER_HELLO for a connected dbid: either an impostor, or
+        // the real peer reconnecting after its end of the old link died
+        // unnoticed here (a reboot, a pulled cable). Only a link that still
+        // answers keeps its place.
+        if slot.link_answers(&ctx, LINK_PROBE_TIMEOUT).await {
+            return reject(
+                &ctx,
+                from,
+                &format!(
+                    "dbid {} is already connected and its link answers",
+                    h.src.dbid
+                ),
+            );
+        }
+        log::warn!(
+            "ic-proxy: peer dbid {}: the established link does not answer; replacing it with the new connection from {from}",
+            h.src.dbid
         );
+        slot.end_link();
+        let gone = async {
+            while slot.is_up() {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        if tokio::time::timeout(LINK_PROBE_TIMEOUT, gone)
+            .await
+            .is_err()
+        {
+            return reject(
+                &ctx,
+                from,
+                &format!("dbid {}: the old link did not close", h.src.dbid),
+            );
+        }
     }
     // The ACK as the C proxy builds it: the connector's content and dbid with
     // our pid, then the HELLO's destination with pid 0.
@@ -620,6 +738,7 @@ async fn run_link(
 ) -> String {
     let (rd, wr) = stream.into_split();
     let link = slot.token.child_token();
+    *slot.current_link.lock().unwrap_or_else(|p| p.into_inner()) = Some(link.clone());
     let reader = {
         let ctx = ctx.clone();
         let slot = slot.clone();
@@ -654,21 +773,27 @@ async fn write_link(
             _ = link.cancelled() => break,
             f = rx.recv() => match f { Some(f) => f, None => break },
         };
-        let mut packets = 1u64;
-        slot.taken(&first);
-        out.extend_from_slice(&first.header);
-        out.extend_from_slice(&first.payload);
+        let generation = slot.generation();
+        let mut packets = 0u64;
+        let mut add = |f: OutFrame, out: &mut Vec<u8>| {
+            slot.taken(&f);
+            // A frame of a connection cut with an earlier link is dropped.
+            if f.generation == generation {
+                out.extend_from_slice(&f.header);
+                out.extend_from_slice(&f.payload);
+                packets += 1;
+            }
+        };
+        add(first, &mut out);
         // Send what is queued now, without waiting for more.
         while out.len() < WRITE_BATCH {
             match rx.try_recv() {
-                Ok(f) => {
-                    slot.taken(&f);
-                    out.extend_from_slice(&f.header);
-                    out.extend_from_slice(&f.payload);
-                    packets += 1;
-                }
+                Ok(f) => add(f, &mut out),
                 Err(_) => break,
             }
+        }
+        if out.is_empty() {
+            continue;
         }
         tokio::select! {
             _ = link.cancelled() => break,
@@ -766,14 +891,26 @@ async fn read_link(
 /// ways. Its DATA_ACKs need no answer.
 pub const PROBE_SESSION_ID: i32 = i32::MIN;
 
+/// `send_slice` of a link probe (a probe between the proxies themselves,
+/// both pids 0) and of its answer.
+const LINK_PROBE_REQUEST: i16 = 0;
+const LINK_PROBE_ANSWER: i16 = 1;
+
 fn echo_probe(ctx: &Ctx, slot: &PeerSlot, h: &Header, a: Arrival) {
+    if h.src.pid == 0 && h.send_slice == LINK_PROBE_ANSWER {
+        slot.probe_answered.send_replace(h.command_id);
+        return;
+    }
     let (ptype, payload) = match a {
         Arrival::Data(p) => (PacketType::Data, p),
         Arrival::Bye => (PacketType::Bye, Bytes::new()),
         Arrival::Ack => return,
     };
     let d = ctx.settings.dialect;
-    let back = LogicalConnKey::from_p2c(h).header(ptype, d, payload.len());
+    let mut back = LogicalConnKey::from_p2c(h).header(ptype, d, payload.len());
+    if h.src.pid == 0 {
+        back.send_slice = LINK_PROBE_ANSWER;
+    }
     let header = back.encode(d);
     let size = header.len() + payload.len();
     let waiting = slot.echo_queued.load(Relaxed);
@@ -789,6 +926,7 @@ fn echo_probe(ctx: &Ctx, slot: &PeerSlot, h: &Header, a: Arrival) {
         header,
         payload,
         echo: true,
+        generation: slot.generation(),
     });
 }
 

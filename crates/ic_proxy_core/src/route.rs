@@ -413,9 +413,15 @@ impl RouteCache {
     /// Delivers `a` to the local backend with key `key`, through the registry
     /// only when this reader has not seen the session yet.
     pub fn deliver(&mut self, reg: &Registry, key: &LogicalConnKey, a: Arrival) -> Routed {
+        // After its BYE no more packets of this stream come: forget the
+        // session, so closed sessions do not pile up here.
+        let last = matches!(a, Arrival::Bye);
         if let Some(s) = self.map.get(key) {
             if s.accepts(&a) {
                 let s = s.clone();
+                if last {
+                    self.map.remove(key);
+                }
                 return match s.push(a) {
                     Ok(()) => Routed::To(s),
                     Err(v) => {
@@ -427,6 +433,9 @@ impl RouteCache {
             self.map.remove(key);
         }
         let r = reg.route(key, a);
+        if last {
+            return r;
+        }
         if let Routed::To(s) = &r {
             if self.map.len() >= ROUTE_CACHE_PRUNE {
                 self.map.retain(|_, s| !s.closed.is_cancelled());
