@@ -47,6 +47,9 @@ const PROBE_ECHO_LIMIT: usize = 1 << 20;
 /// again.
 const LINK_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// How long a closing link may take to send what is queued.
+const FLUSH_GRACE: Duration = Duration::from_millis(500);
+
 /// A batch of frames is written in one call once it reaches this size.
 const WRITE_BATCH: usize = 256 * 1024;
 /// Room kept free in a link's read buffer before each read.
@@ -108,7 +111,7 @@ impl PeerSlot {
             addr,
             stats,
             tx,
-            token: ctx.shutdown.child_token(),
+            token: ctx.links.child_token(),
             accepted,
             link_up: AtomicBool::new(false),
             echo_queued: AtomicUsize::new(0),
@@ -770,7 +773,10 @@ async fn write_link(
     let mut out: Vec<u8> = Vec::with_capacity(WRITE_BATCH + 64 * 1024);
     loop {
         let first = tokio::select! {
-            _ = link.cancelled() => break,
+            _ = link.cancelled() => {
+                flush_queued(slot, &mut wr, rx).await;
+                break;
+            }
             f = rx.recv() => match f { Some(f) => f, None => break },
         };
         let generation = slot.generation();
@@ -808,6 +814,28 @@ async fn write_link(
     }
     let _ = wr.shutdown().await;
     Ok(())
+}
+
+/// On a clean close (removed from the map, proxy stopping), what is queued
+/// still goes out: the BYEs of the logical connections just ended. Bounded
+/// in time; a peer that does not read gets nothing more.
+async fn flush_queued(
+    slot: &PeerSlot,
+    wr: &mut OwnedWriteHalf,
+    rx: &mut mpsc::UnboundedReceiver<OutFrame>,
+) {
+    let generation = slot.generation();
+    let mut out = Vec::new();
+    while let Ok(f) = rx.try_recv() {
+        slot.taken(&f);
+        if f.generation == generation {
+            out.extend_from_slice(&f.header);
+            out.extend_from_slice(&f.payload);
+        }
+    }
+    if !out.is_empty() {
+        let _ = tokio::time::timeout(FLUSH_GRACE, wr.write_all(&out)).await;
+    }
 }
 
 async fn read_link(

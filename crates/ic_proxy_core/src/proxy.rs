@@ -53,6 +53,9 @@ pub(crate) struct Ctx {
     pub status: Arc<StatusBoard>,
     pub registry: Registry,
     pub shutdown: CancellationToken,
+    /// Ends the peer links: cancelled after `shutdown`, once the sessions
+    /// have said BYE, so their BYEs still reach the peers.
+    pub links: CancellationToken,
     pub tracker: TaskTracker,
     pub decoder: PacketDecoder,
     pub framer: IcTcpFramer,
@@ -119,6 +122,7 @@ pub async fn run(
         settings,
         status,
         shutdown: shutdown.clone(),
+        links: CancellationToken::new(),
         tracker: TaskTracker::new(),
         peers: RwLock::new(HashMap::new()),
         my_content: AtomicI32::new(NO_CONTENT),
@@ -206,7 +210,16 @@ pub async fn run(
     }
 
     log::info!("ic-proxy: stopping");
+    // Sessions end first and say BYE; the links then send what is queued
+    // and close. Everything within STOP_GRACE.
     ctx.registry.abort_all();
+    let sessions_gone = async {
+        while ctx.status.counters.sessions_open.load(Relaxed) > 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    let _ = tokio::time::timeout(STOP_GRACE / 2, sessions_gone).await;
+    ctx.links.cancel();
     ctx.tracker.close();
     if tokio::time::timeout(STOP_GRACE, ctx.tracker.wait())
         .await
