@@ -318,7 +318,7 @@ unsafe fn hook_value<'a>(newval: *mut *mut c_char) -> Option<&'a str> {
 }
 
 #[pgrx::pg_guard]
-unsafe extern "C-unwind" fn check_addresses(
+pub(crate) unsafe extern "C-unwind" fn check_addresses(
     newval: *mut *mut c_char,
     _extra: *mut *mut c_void,
     _source: pg_sys::GucSource::Type,
@@ -349,7 +349,7 @@ const SOCKET_NAME_ROOM: usize = 33;
 const SUN_PATH_LEN: usize = 108;
 
 #[pgrx::pg_guard]
-unsafe extern "C-unwind" fn check_socket_dir(
+pub(crate) unsafe extern "C-unwind" fn check_socket_dir(
     newval: *mut *mut c_char,
     _extra: *mut *mut c_void,
     _source: pg_sys::GucSource::Type,
@@ -389,7 +389,7 @@ unsafe extern "C-unwind" fn check_socket_dir(
 }
 
 #[pgrx::pg_guard]
-unsafe extern "C-unwind" fn check_secret_file(
+pub(crate) unsafe extern "C-unwind" fn check_secret_file(
     newval: *mut *mut c_char,
     _extra: *mut *mut c_void,
     _source: pg_sys::GucSource::Type,
