@@ -76,11 +76,8 @@ mod tests {
 
     #[pg_test]
     fn the_addresses_hook_accepts_a_map_and_names_the_bad_entry_of_another() {
-        assert_eq!(
-            run_hook(crate::gucs::check_addresses, "1:-1:cdw:7000, 2:0:sdw1:7002").0,
-            true
-        );
-        assert_eq!(run_hook(crate::gucs::check_addresses, "").0, true);
+        assert!(run_hook(crate::gucs::check_addresses, "1:-1:cdw:7000, 2:0:sdw1:7002").0);
+        assert!(run_hook(crate::gucs::check_addresses, "").0);
         let (ok, msg, hint) =
             run_hook(crate::gucs::check_addresses, "1:-1:cdw:7000,2:0:sdw1:99999");
         assert!(!ok);
