@@ -39,7 +39,7 @@ show_status() {
     psql_on "$port" -c "SELECT dbid, content, address, port, state, logical_connections AS conns, bytes_in, bytes_out, last_error FROM ic_proxy_status()"
   done
   echo "== ic_proxy_ping() from the coordinator"
-  psql_on "$(head -1 "$DIR/ports")" -c "SELECT dbid, content, ok, round(rtt_ms::numeric, 3) AS rtt_ms, error FROM ic_proxy_ping()"
+  psql_on "$(cut -d" " -f1 "$DIR/ports")" -c "SELECT dbid, content, ok, round(rtt_ms::numeric, 3) AS rtt_ms, error FROM ic_proxy_ping()"
 }
 
 case "${1:-}" in
