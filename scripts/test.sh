@@ -5,6 +5,7 @@
 # (layers), and the exit status is 1 when any layer failed.
 #
 #   core     cargo test of the pure crates (unit, property, integration)
+#   bench    ic-proxy-bench --quick: every benchmark scenario at tiny sizes (fails on lost data or a stall only)
 #   pgrx     the #[pg_test]s of src/, in a throw-away server run as postgres
 #   install  cargo pgrx install (debug): the extension the next layer tests
 #   cluster  pg_regress golden files and cluster tests (pg_test/)
@@ -21,7 +22,7 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 1
 fi
 
-LAYERS=(core pgrx install cluster)
+LAYERS=(core bench pgrx install cluster)
 declare -A STATUS SECS COUNTS TP TF
 
 WORK="$(mktemp -d /tmp/ic_proxy_test.XXXXXX)"
@@ -103,6 +104,7 @@ while [ "$dir" != / ]; do chmod o+rx "$dir"; dir="$(dirname "$dir")"; done
 # 1. core
 # --no-fail-fast: a failing test binary does not hide the results of the next.
 run_layer core cargo test --workspace --exclude cloudberry_ic_proxy --exclude ic_proxy_cluster_tests --no-fail-fast
+run_layer bench bash -c 'cargo build -q -p ic_proxy_cli -p ic_proxy_bench && target/debug/ic-proxy-bench --quick'
 
 # 2. pgrx: a data directory the server user owns, removed afterwards.
 PGRX_DATA="$WORK/pgrx-data"
