@@ -23,6 +23,9 @@ use crate::{gucs, shmem};
 
 /// How often the main thread wakes to publish status and drain the log.
 const TICK: Duration = Duration::from_millis(200);
+/// The C library keeps what closed logical connections used; trim it once
+/// this many have closed since the peak.
+const TRIM_AFTER_CLOSED: i64 = 256;
 /// How long a clean stop may take.
 const STOP_GRACE: Duration = Duration::from_secs(3);
 
@@ -238,6 +241,7 @@ pub extern "C-unwind" fn ic_proxy_worker_main(_arg: pg_sys::Datum) {
     };
 
     let mut exit_code = 0;
+    let mut peak_sessions = 0i64;
     loop {
         let rc = unsafe {
             let rc = pg_sys::WaitLatch(
@@ -279,6 +283,13 @@ pub extern "C-unwind" fn ic_proxy_worker_main(_arg: pg_sys::Datum) {
             }
         }
         drain_log(&logs);
+        // After many logical connections closed, give their memory back.
+        let open = status.counters.sessions_open.load(Relaxed);
+        peak_sessions = peak_sessions.max(open);
+        if peak_sessions - open >= TRIM_AFTER_CLOSED {
+            unsafe { libc::malloc_trim(0) };
+            peak_sessions = open;
+        }
         if handle.is_finished() {
             warning!("ic-proxy: the proxy runtime stopped unexpectedly; restarting the worker");
             exit_code = 1;

@@ -113,15 +113,26 @@ async fn serve(settings: ProxySettings, config: RuntimeConfig, source: MapSource
 
     let (config_tx, config_rx) = watch::channel(Arc::new(config));
     let shutdown = CancellationToken::new();
+    let status = StatusBoard::new();
     let mut proxy = tokio::spawn(run(
         settings,
         config_rx,
         Listeners::default(),
         shutdown.clone(),
-        StatusBoard::new(),
+        status.clone(),
     ));
+    let mut trim = tokio::time::interval(std::time::Duration::from_secs(2));
+    let mut peak_sessions = 0i64;
     loop {
         tokio::select! {
+            _ = trim.tick() => {
+                let open = status.counters.sessions_open.load(std::sync::atomic::Ordering::Relaxed);
+                peak_sessions = peak_sessions.max(open);
+                if peak_sessions - open >= crate::memory::TRIM_AFTER_CLOSED {
+                    crate::memory::release_free_memory();
+                    peak_sessions = open;
+                }
+            }
             ended = &mut proxy => {
                 // Only a failure ends the runtime before it is cancelled.
                 return exit_code(ended);

@@ -68,7 +68,8 @@ impl Outbound<'_> {
 
 pub(crate) async fn run_session(ctx: Arc<Ctx>, stream: UnixStream) {
     let (mut rd, mut wr) = stream.into_split();
-    let mut buf = BytesMut::with_capacity(READ_ROOM);
+    // Only the HELLO is read now; data buffers come when data does.
+    let mut buf = BytesMut::new();
     let hello = match tokio::time::timeout(
         ctx.settings.handshake_timeout,
         read_packet(&ctx, &mut rd, &mut buf),
@@ -210,7 +211,15 @@ async fn read_backend(
                 _ = shared.stop_reading.cancelled() => {}
             }
         }
-        if !buf.is_empty() || buf.capacity() < READ_ROOM / 4 {
+        if buf.is_empty() {
+            // An idle session holds no read buffer: wait for data first.
+            buf = BytesMut::new();
+            tokio::select! {
+                _ = shared.stop_reading.cancelled() => break,
+                r = rd.readable() => if r.is_err() { break },
+            }
+        }
+        if buf.capacity() - buf.len() < READ_ROOM / 4 {
             // Bytes of a partial packet stay; room for the rest is made.
             buf.reserve(READ_ROOM);
         }
@@ -274,7 +283,7 @@ async fn write_backend(
         routes: RouteCache::default(),
     };
     let mut credit = RecvCredit::default();
-    let mut out: Vec<u8> = Vec::with_capacity(64 * 1024);
+    let mut out: Vec<u8> = Vec::new();
     loop {
         let first = tokio::select! {
             _ = shared.abort.cancelled() => break,
@@ -308,9 +317,14 @@ async fn write_backend(
                 shared.abort.cancel();
                 break;
             }
-            out.clear();
-            if out.capacity() > 4 * WRITE_BATCH {
-                out.shrink_to(64 * 1024);
+            if rx.is_empty() {
+                // Nothing more to write: an idle session keeps no buffer.
+                out = Vec::new();
+            } else {
+                out.clear();
+                if out.capacity() > 4 * WRITE_BATCH {
+                    out.shrink_to(64 * 1024);
+                }
             }
         } else {
             // Empty DATA packets: nothing to write, their cost to release.
