@@ -126,7 +126,13 @@ struct Lab {
     dir: tempfile::TempDir,
     proxies: Vec<HostProxy>,
     relays: Vec<Relay>,
+    /// One lab at a time: the tests of this file run in parallel threads,
+    /// and two labs would race for the CPU their timings depend on.
+    _one_at_a_time: std::sync::MutexGuard<'static, ()>,
 }
+
+static LABS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+static LAB_SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 impl Drop for Lab {
     fn drop(&mut self) {
@@ -183,13 +189,17 @@ impl Lab {
                 "not root: network namespaces need CAP_SYS_ADMIN".into(),
             ));
         }
+        let one_at_a_time = LABS.lock().unwrap_or_else(|p| p.into_inner());
         remove_stale_namespaces();
+        let seq = LAB_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut lab = Lab {
-            prefix: format!("icpx{}", std::process::id()),
+            // The pid first: remove_stale_namespaces reads it back.
+            prefix: format!("icpx{}-{seq}", std::process::id()),
             namespaces: Vec::new(),
             dir: tempfile::tempdir().map_err(|e| Skip(format!("tempdir: {e}")))?,
             proxies: Vec::new(),
             relays: Vec::new(),
+            _one_at_a_time: one_at_a_time,
         };
         lab.add_namespace(lab.switch())
             .map_err(|e| Skip(format!("cannot create a network namespace: {e}")))?;

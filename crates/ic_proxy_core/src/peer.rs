@@ -173,18 +173,20 @@ impl PeerSlot {
             generation: self.generation(),
         });
         // A dead link often ends at once: the probe draws a reset.
-        let link_down = async {
-            while self.is_up() {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        };
         let answer = async {
             tokio::select! {
                 r = answered.wait_for(|v| *v == seq) => r.is_ok(),
-                _ = link_down => false,
+                _ = self.link_down() => false,
             }
         };
         tokio::time::timeout(within, answer).await.unwrap_or(false)
+    }
+
+    /// Returns once no link is up (polled: link changes are rare).
+    async fn link_down(&self) {
+        while self.is_up() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     /// Ends the link in use (the peer task then takes the next one).
@@ -598,12 +600,7 @@ pub(crate) async fn accept_peer(ctx: Arc<Ctx>, mut s: TcpStream, from: SocketAdd
             h.src.dbid
         );
         slot.end_link();
-        let gone = async {
-            while slot.is_up() {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        };
-        if tokio::time::timeout(LINK_PROBE_TIMEOUT, gone)
+        if tokio::time::timeout(LINK_PROBE_TIMEOUT, slot.link_down())
             .await
             .is_err()
         {
