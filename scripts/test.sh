@@ -43,6 +43,18 @@ summary() {
   for layer in "${LAYERS[@]}"; do
     if [ "${STATUS[$layer]}" != PASS ] && [ "${TF[$layer]:-0}" -eq 0 ]; then tests_failed=$((tests_failed + 1)); fi
   done
+  # The output of a long run is often cut to its end: repeat here why each
+  # failed layer failed, so the last screen tells the whole story.
+  for layer in "${LAYERS[@]}"; do
+    [ "${STATUS[$layer]}" = PASS ] && continue
+    [ -f "$WORK/$layer.log" ] || continue
+    echo
+    echo "---- $layer failed; its telling lines, then its last 15 ----"
+    grep -E 'PROBLEM|panicked|^test .* FAILED|^failures:|^error(\[|:)|problem\(s\)' "$WORK/$layer.log" | head -40
+    echo "...."
+    tail -n 15 "$WORK/$layer.log"
+  done
+  echo
   echo "layers: $passed passed, $failed failed"
   echo "$tests_passed passed, $tests_failed failed"
   [ "$failed" -eq 0 ]

@@ -27,6 +27,9 @@ static MAX_PACKET_SIZE: GucSetting<i32> =
 static WORKER_THREADS: GucSetting<i32> = GucSetting::<i32>::new(2);
 /// Byte cap of the cache for packets that arrive before their receiver, in kB.
 static EARLY_CACHE_SIZE: GucSetting<i32> = GucSetting::<i32>::new(64 * 1024);
+/// DATA that logical connections may queue for one peer, in kB.
+static PEER_QUEUE_SIZE: GucSetting<i32> =
+    GucSetting::<i32>::new((ic_proxy_core::settings::DEFAULT_PEER_QUEUE_BYTES / 1024) as i32);
 /// How long an early packet waits for its receiver, in seconds.
 static EARLY_PACKET_TTL: GucSetting<i32> = GucSetting::<i32>::new(60);
 /// Unacknowledged DATA packets at which a sender is paused.
@@ -152,6 +155,16 @@ pub fn init() {
         GucFlags::UNIT_KB,
     );
     GucRegistry::define_int_guc(
+        c"ic_proxy.peer_queue_size",
+        c"Memory cap for DATA waiting to be sent to one peer.",
+        c"All logical connections to a peer share it; past it their backends wait (flow control), nothing is dropped.",
+        &PEER_QUEUE_SIZE,
+        64,
+        4 * 1024 * 1024,
+        GucContext::Postmaster,
+        GucFlags::UNIT_KB,
+    );
+    GucRegistry::define_int_guc(
         c"ic_proxy.early_packet_ttl",
         c"How long a packet waits for its receiver before it is dropped.",
         c"",
@@ -249,6 +262,10 @@ pub fn worker_threads() -> usize {
 
 pub fn early_cache_bytes() -> usize {
     EARLY_CACHE_SIZE.get() as usize * 1024
+}
+
+pub fn peer_queue_bytes() -> usize {
+    PEER_QUEUE_SIZE.get() as usize * 1024
 }
 
 pub fn early_packet_ttl() -> std::time::Duration {

@@ -23,9 +23,9 @@ use crate::{gucs, shmem};
 
 /// How often the main thread wakes to publish status and drain the log.
 const TICK: Duration = Duration::from_millis(200);
-/// The C library keeps what closed logical connections used; trim it once
-/// this many have closed since the peak.
-const TRIM_AFTER_CLOSED: i64 = 256;
+/// How often the worker asks whether the proxy went quiet after work, so the
+/// memory the work left with the C library goes back to the system.
+const TRIM_EVERY: Duration = Duration::from_secs(1);
 /// How long a clean stop may take.
 const STOP_GRACE: Duration = Duration::from_secs(3);
 
@@ -184,6 +184,7 @@ pub extern "C-unwind" fn ic_proxy_worker_main(_arg: pg_sys::Datum) {
     settings.pid = my_pid;
     settings.dialect = gucs::dialect();
     settings.max_packet_size = gucs::max_packet_size();
+    settings.peer_queue_bytes = gucs::peer_queue_bytes();
     settings.flow = FlowParams {
         pause_at,
         resume_at,
@@ -241,7 +242,8 @@ pub extern "C-unwind" fn ic_proxy_worker_main(_arg: pg_sys::Datum) {
     };
 
     let mut exit_code = 0;
-    let mut peak_sessions = 0i64;
+    let mut trim = ic_proxy_core::TrimPolicy::default();
+    let mut trim_checked = std::time::Instant::now();
     loop {
         let rc = unsafe {
             let rc = pg_sys::WaitLatch(
@@ -283,12 +285,14 @@ pub extern "C-unwind" fn ic_proxy_worker_main(_arg: pg_sys::Datum) {
             }
         }
         drain_log(&logs);
-        // After many logical connections closed, give their memory back.
-        let open = status.counters.sessions_open.load(Relaxed);
-        peak_sessions = peak_sessions.max(open);
-        if peak_sessions - open >= TRIM_AFTER_CLOSED {
-            unsafe { libc::malloc_trim(0) };
-            peak_sessions = open;
+        // Once the proxy went quiet after work, give back what the work left.
+        if trim_checked.elapsed() >= TRIM_EVERY {
+            trim_checked = std::time::Instant::now();
+            if trim.tick(&status) {
+                // SAFETY: malloc_trim takes no pointer and only walks the C
+                // library's own free lists; any thread may call it.
+                unsafe { libc::malloc_trim(0) };
+            }
         }
         if handle.is_finished() {
             warning!("ic-proxy: the proxy runtime stopped unexpectedly; restarting the worker");

@@ -107,6 +107,10 @@ pub struct RunArgs {
     /// Bytes of packets that may wait for a backend not yet connected [default: 64 MiB]
     #[arg(long, value_name = "BYTES")]
     pub early_cache_size: Option<usize>,
+    /// Bytes of DATA all logical connections to one peer may queue here
+    /// while its link is busy; past it their backends wait [default: 16 MiB]
+    #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u32).range(65536..))]
+    pub peer_queue_size: Option<u32>,
     /// File with the secret every peer must prove it holds (HMAC-SHA256
     /// challenge-response); read at start. Without it peers are not
     /// authenticated, as with the C proxy

@@ -1,9 +1,10 @@
 //! Giving memory back to the system after load. The C library keeps what
-//! freed logical connections used in its arenas; after many of them close,
-//! `malloc_trim` returns it, so a proxy shrinks back toward its idle size.
+//! closed logical connections and finished streams used in its arenas; once
+//! the proxy goes quiet (`ic_proxy_core::TrimPolicy`), `malloc_trim` returns
+//! it, so a proxy shrinks back toward its idle size.
 
-/// Trim once this many logical connections have closed since the peak.
-pub const TRIM_AFTER_CLOSED: i64 = 256;
+/// How often the proxy is asked whether it went quiet after work.
+pub const TRIM_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 #[allow(unsafe_code)]
 pub fn release_free_memory() {

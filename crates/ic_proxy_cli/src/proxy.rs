@@ -47,6 +47,9 @@ pub fn run_proxy(args: RunArgs) -> ExitCode {
     settings.pid = std::process::id() as i32;
     settings.dialect = args.wire.dialect;
     settings.max_packet_size = args.wire.max_packet_size;
+    if let Some(bytes) = args.peer_queue_size {
+        settings.peer_queue_bytes = bytes as usize;
+    }
     let mut config = RuntimeConfig::new(map);
     if let Some(bytes) = args.early_cache_size {
         config.early_cache_bytes = bytes;
@@ -121,16 +124,13 @@ async fn serve(settings: ProxySettings, config: RuntimeConfig, source: MapSource
         shutdown.clone(),
         status.clone(),
     ));
-    let mut trim = tokio::time::interval(std::time::Duration::from_secs(2));
-    let mut peak_sessions = 0i64;
+    let mut trim_tick = tokio::time::interval(crate::memory::TRIM_EVERY);
+    let mut trim = ic_proxy_core::TrimPolicy::default();
     loop {
         tokio::select! {
-            _ = trim.tick() => {
-                let open = status.counters.sessions_open.load(std::sync::atomic::Ordering::Relaxed);
-                peak_sessions = peak_sessions.max(open);
-                if peak_sessions - open >= crate::memory::TRIM_AFTER_CLOSED {
+            _ = trim_tick.tick() => {
+                if trim.tick(&status) {
                     crate::memory::release_free_memory();
-                    peak_sessions = open;
                 }
             }
             ended = &mut proxy => {

@@ -13,6 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::UnixStream;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use crate::flow::RecvCredit;
 use crate::peer::{read_packet, OutFrame, PeerSlot};
@@ -41,7 +42,25 @@ struct Outbound<'a> {
 }
 
 impl Outbound<'_> {
+    /// Sends DATA: first waits for room in the peer's queue budget (local
+    /// delivery needs none). False, and nothing sent, if `stop` came first.
+    async fn send_data(&mut self, payload: Bytes, stop: &CancellationToken) -> bool {
+        let charged = match self.target {
+            Target::Peer(slot, _) => tokio::select! {
+                c = slot.reserve(payload.len()) => c,
+                _ = stop.cancelled() => return false,
+            },
+            Target::Local => 0,
+        };
+        self.send_charged(PacketType::Data, payload, charged);
+        true
+    }
+
     fn send(&mut self, ptype: PacketType, payload: Bytes) {
+        self.send_charged(ptype, payload, 0);
+    }
+
+    fn send_charged(&mut self, ptype: PacketType, payload: Bytes, charged: u32) {
         let d = self.ctx.settings.dialect;
         match self.target {
             Target::Peer(slot, generation) => {
@@ -51,6 +70,7 @@ impl Outbound<'_> {
                     payload,
                     echo: false,
                     generation: *generation,
+                    charged,
                 });
             }
             Target::Local => {
@@ -233,21 +253,31 @@ async fn read_backend(
                 // STOP byte, is forwarded as it is, as the C proxy does.
                 if !buf.is_empty() {
                     let rest = buf.split().freeze();
-                    out.send(PacketType::Data, rest);
                     shared.on_sent(1);
+                    out.send_data(rest, &shared.stop_reading).await;
                 }
                 break;
             }
             Ok(_) => {}
         }
         let framed = ctx.framer.complete_runs(&buf, &mut runs);
-        let mut sent = 0u32;
-        for &len in &runs {
-            out.send(PacketType::Data, buf.split_to(len).freeze());
-            sent += 1;
+        // Counted before they go: the peer may acknowledge a packet as soon
+        // as it is sent, before this task runs again.
+        if !runs.is_empty() {
+            shared.on_sent(runs.len() as u32);
         }
-        if sent > 0 {
-            shared.on_sent(sent);
+        let mut stopped = false;
+        for &len in &runs {
+            if !out
+                .send_data(buf.split_to(len).freeze(), &shared.stop_reading)
+                .await
+            {
+                stopped = true;
+                break;
+            }
+        }
+        if stopped {
+            break;
         }
         if let Err(e) = framed {
             ctx.status

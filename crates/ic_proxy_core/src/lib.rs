@@ -19,4 +19,4 @@ mod route;
 pub use peer::PROBE_SESSION_ID;
 pub use proxy::{bind_backend_socket, run, Listeners, ProxyError};
 pub use settings::{socket_path, ProxySettings, RuntimeConfig};
-pub use status::{PeerSnapshot, PeerState, StatusBoard, StatusSnapshot};
+pub use status::{PeerSnapshot, PeerState, StatusBoard, StatusSnapshot, TrimPolicy};

@@ -15,7 +15,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{self, AuthMessage, Role as AuthRole, AUTH_SESSION_ID};
@@ -37,6 +37,9 @@ pub(crate) struct OutFrame {
     /// The link generation the frame belongs to: frames of logical
     /// connections cut with an earlier link are never sent on a later one.
     pub generation: u64,
+    /// Bytes of the peer's queue budget this frame holds
+    /// ([`PeerSlot::reserve`]); given back once it is written or discarded.
+    pub charged: u32,
 }
 
 /// Echoes of probes waiting for one peer, at most: a peer that sends probes
@@ -72,6 +75,12 @@ pub(crate) struct PeerSlot {
     /// Sequence number of the last link probe sent, and the last answered.
     probe_seq: AtomicU32,
     probe_answered: watch::Sender<u32>,
+    /// Bytes of DATA that sessions may still queue for this peer: all the
+    /// logical connections to one peer together cannot park more than
+    /// `ProxySettings::peer_queue_bytes` here while the link is slower than
+    /// their backends; a session waits for room before it reads on.
+    budget: Semaphore,
+    budget_cap: u32,
 }
 
 /// Who opens the link between this instance and a peer.
@@ -119,6 +128,8 @@ impl PeerSlot {
             current_link: Mutex::new(None),
             probe_seq: AtomicU32::new(0),
             probe_answered: watch::channel(0).0,
+            budget: Semaphore::new(ctx.settings.peer_queue_bytes),
+            budget_cap: ctx.settings.peer_queue_bytes.min(u32::MAX as usize) as u32,
         });
         let task_ctx = ctx.clone();
         let task_slot = slot.clone();
@@ -171,6 +182,7 @@ impl PeerSlot {
             payload: Bytes::new(),
             echo: false,
             generation: self.generation(),
+            charged: 0,
         });
         // A dead link often ends at once: the probe draws a reset.
         let answer = async {
@@ -201,12 +213,42 @@ impl PeerSlot {
         }
     }
 
-    /// A frame left the queue (written, or discarded with a dead link).
-    fn taken(&self, f: &OutFrame) {
+    /// Waits until `bytes` of DATA may be queued for this peer and takes
+    /// them from the budget; returns what the frame must carry in
+    /// [`OutFrame::charged`]. A frame larger than the whole budget takes all
+    /// of it.
+    pub async fn reserve(&self, bytes: usize) -> u32 {
+        let n = bytes.min(self.budget_cap as usize) as u32;
+        if n == 0 {
+            return 0;
+        }
+        match self.budget.acquire_many(n).await {
+            Ok(p) => {
+                p.forget();
+                self.stats.cached_bytes.fetch_add(i64::from(n), Relaxed);
+                n
+            }
+            // Never closed; nothing to wait for then.
+            Err(_) => 0,
+        }
+    }
+
+    /// Gives queue budget back (frames written or discarded).
+    fn release(&self, bytes: usize) {
+        if bytes > 0 {
+            self.stats.cached_bytes.fetch_sub(bytes as i64, Relaxed);
+            self.budget.add_permits(bytes);
+        }
+    }
+
+    /// A frame left the queue (written, or discarded with a dead link);
+    /// returns the budget it held, for the caller to release.
+    fn taken(&self, f: &OutFrame) -> usize {
         if f.echo {
             self.echo_queued
                 .fetch_sub(f.header.len() + f.payload.len(), Relaxed);
         }
+        f.charged as usize
     }
 }
 
@@ -778,8 +820,9 @@ async fn write_link(
         };
         let generation = slot.generation();
         let mut packets = 0u64;
+        let mut charged = 0usize;
         let mut add = |f: OutFrame, out: &mut Vec<u8>| {
-            slot.taken(&f);
+            charged += slot.taken(&f);
             // A frame of a connection cut with an earlier link is dropped.
             if f.generation == generation {
                 out.extend_from_slice(&f.header);
@@ -796,11 +839,18 @@ async fn write_link(
             }
         }
         if out.is_empty() {
+            slot.release(charged);
             continue;
         }
-        tokio::select! {
-            _ = link.cancelled() => break,
-            r = wr.write_all(&out) => r?,
+        let written = tokio::select! {
+            _ = link.cancelled() => None,
+            r = wr.write_all(&out) => Some(r),
+        };
+        // Written or not, these frames have left the queue.
+        slot.release(charged);
+        match written {
+            None => break,
+            Some(r) => r?,
         }
         slot.stats.bytes_out.fetch_add(out.len() as u64, Relaxed);
         slot.stats.packets_out.fetch_add(packets, Relaxed);
@@ -824,7 +874,8 @@ async fn flush_queued(
     let generation = slot.generation();
     let mut out = Vec::new();
     while let Ok(f) = rx.try_recv() {
-        slot.taken(&f);
+        let charged = slot.taken(&f);
+        slot.release(charged);
         if f.generation == generation {
             out.extend_from_slice(&f.header);
             out.extend_from_slice(&f.payload);
@@ -952,6 +1003,7 @@ fn echo_probe(ctx: &Ctx, slot: &PeerSlot, h: &Header, a: Arrival) {
         payload,
         echo: true,
         generation: slot.generation(),
+        charged: 0,
     });
 }
 

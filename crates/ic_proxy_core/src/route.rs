@@ -320,6 +320,13 @@ impl Registry {
         let mut g = self.lock();
         if g.live.get(&s.key).is_some_and(|cur| Arc::ptr_eq(cur, s)) {
             g.live.remove(&s.key);
+            // A table grown by a burst of connections gives its memory back
+            // once most of them are gone (amortised: it halves at most).
+            let cap = g.live.capacity();
+            if cap > 1024 && g.live.len() < cap / 4 {
+                let keep = g.live.len() * 2;
+                g.live.shrink_to(keep);
+            }
         }
         drop(g);
         s.closed.cancel();

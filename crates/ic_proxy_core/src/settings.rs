@@ -33,7 +33,13 @@ pub struct ProxySettings {
     pub handshake_timeout: Duration,
     /// Delay of the first dial after start or after a peer is added.
     pub first_dial_delay: Duration,
+    /// DATA bytes all logical connections to one peer may queue in this
+    /// proxy while its link is busy; past it, their backends wait.
+    pub peer_queue_bytes: usize,
 }
+
+/// Default of [`ProxySettings::peer_queue_bytes`]: 16 MiB.
+pub const DEFAULT_PEER_QUEUE_BYTES: usize = 16 << 20;
 
 impl ProxySettings {
     pub fn new(dbid: u16, socket_path: PathBuf) -> Self {
@@ -46,6 +52,7 @@ impl ProxySettings {
             flow: FlowParams::default(),
             handshake_timeout: Duration::from_secs(10),
             first_dial_delay: Duration::from_millis(100),
+            peer_queue_bytes: DEFAULT_PEER_QUEUE_BYTES,
         }
     }
 }

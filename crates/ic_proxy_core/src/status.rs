@@ -107,6 +107,8 @@ pub struct PeerStats {
     pub packets_in: AtomicU64,
     pub packets_out: AtomicU64,
     pub logical_conns: AtomicI64,
+    /// DATA waiting in this proxy to be sent to the peer (at most
+    /// `ProxySettings::peer_queue_bytes`).
     pub cached_bytes: AtomicI64,
     pub drops: AtomicU64,
     pub reconnects: AtomicU64,
@@ -314,9 +316,99 @@ impl StatusBoard {
     }
 }
 
+impl StatusBoard {
+    /// A number that changes whenever the proxy does work: logical
+    /// connections opened or closed, bytes moved on any link.
+    pub fn activity(&self) -> u64 {
+        let c = &self.counters;
+        let opened = c.sessions_total.load(Relaxed);
+        let open = c.sessions_open.load(Relaxed).max(0) as u64;
+        let moved: u64 = self
+            .peers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|p| {
+                p.bytes_in
+                    .load(Relaxed)
+                    .wrapping_add(p.bytes_out.load(Relaxed))
+            })
+            .fold(0, u64::wrapping_add);
+        // Closing a connection changes `open` and nothing else.
+        opened
+            .wrapping_mul(2)
+            .wrapping_sub(open)
+            .wrapping_add(moved)
+    }
+}
+
+/// When to give freed memory back to the system (`malloc_trim` in the
+/// shells): once the proxy has gone quiet after doing work. Under a steady
+/// load it never trims, so the allocator keeps the pages the load reuses;
+/// when the load stops, the next quiet tick returns what it left behind.
+#[derive(Debug, Default)]
+pub struct TrimPolicy {
+    last: Option<u64>,
+    worked: bool,
+}
+
+impl TrimPolicy {
+    /// Called on a regular tick (a second or so apart); true when the shell
+    /// should trim now.
+    pub fn tick(&mut self, board: &StatusBoard) -> bool {
+        self.observe(board.activity())
+    }
+
+    fn observe(&mut self, now: u64) -> bool {
+        let changed = self.last.is_some_and(|l| l != now);
+        self.last = Some(now);
+        if changed {
+            self.worked = true;
+            false
+        } else {
+            std::mem::take(&mut self.worked)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn trim_policy_trims_once_when_work_stops_and_never_during_it() {
+        let b = StatusBoard::new();
+        let mut t = TrimPolicy::default();
+        assert!(!t.tick(&b), "nothing happened yet");
+        assert!(!t.tick(&b));
+        // A connection opens and data moves: no trim while it goes on.
+        b.counters.sessions_total.fetch_add(1, Relaxed);
+        b.counters.sessions_open.fetch_add(1, Relaxed);
+        assert!(!t.tick(&b));
+        let peer = Arc::new(PeerStats::new(
+            PeerAddr {
+                dbid: 2,
+                content: 0,
+                host: "127.0.0.1".into(),
+                port: 1,
+            },
+            PeerState::Connecting,
+        ));
+        b.set_peers(vec![peer.clone()]);
+        peer.bytes_out.fetch_add(8192, Relaxed);
+        assert!(!t.tick(&b));
+        peer.bytes_in.fetch_add(64, Relaxed);
+        assert!(!t.tick(&b));
+        // Quiet: one trim, then none until more work.
+        assert!(t.tick(&b));
+        assert!(!t.tick(&b));
+        assert!(!t.tick(&b));
+        // Closing the connection is work too.
+        b.counters.sessions_open.fetch_sub(1, Relaxed);
+        assert!(!t.tick(&b));
+        assert!(t.tick(&b));
+        assert!(!t.tick(&b));
+    }
 
     #[test]
     fn log_limit_allows_a_burst_then_counts_what_it_left_out() {

@@ -49,6 +49,8 @@ pub struct MeshOptions {
     /// Map entries with no proxy behind them, `(dbid, content)`: the dbids a
     /// test's fake peers claim, or instances that never answer.
     pub absent: Vec<(u16, i16)>,
+    /// DATA all logical connections to one peer may queue in a proxy.
+    pub peer_queue_bytes: usize,
 }
 
 impl Default for MeshOptions {
@@ -61,6 +63,7 @@ impl Default for MeshOptions {
             peer_secret: None,
             handshake_timeout: Duration::from_secs(2),
             absent: Vec::new(),
+            peer_queue_bytes: ic_proxy_core::settings::DEFAULT_PEER_QUEUE_BYTES,
         }
     }
 }
@@ -147,6 +150,7 @@ impl Mesh {
         settings.pid = 10_000 + i32::from(addr.dbid);
         settings.first_dial_delay = Duration::from_millis(10);
         settings.handshake_timeout = self.opts.handshake_timeout;
+        settings.peer_queue_bytes = self.opts.peer_queue_bytes;
         let (tx, rx) = watch::channel(Arc::new(self.runtime_config(map)));
         let status = StatusBoard::new();
         let shutdown = CancellationToken::new();
