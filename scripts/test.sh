@@ -7,7 +7,8 @@
 #   core     cargo test of the pure crates (unit, property, integration)
 #   bench    ic-proxy-bench --quick: every benchmark scenario at tiny sizes (fails on lost data or a stall only)
 #   pgrx     the #[pg_test]s of src/, in a throw-away server run as postgres
-#   install  cargo pgrx install (debug): the extension the next layer tests
+#   install  cargo pgrx install (debug): the extension the next layers test
+#   benchpg  ic-proxy-bench --quick --only pg: the benchmark's smoke test through the worker in two PostgreSQL servers
 #   cluster  pg_regress golden files and cluster tests (pg_test/)
 set -uo pipefail
 
@@ -22,7 +23,7 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 1
 fi
 
-LAYERS=(core bench pgrx install cluster)
+LAYERS=(core bench pgrx install benchpg cluster)
 declare -A STATUS SECS COUNTS TP TF
 
 WORK="$(mktemp -d /tmp/ic_proxy_test.XXXXXX)"
@@ -128,7 +129,16 @@ run_layer pgrx cargo pgrx test pg15 --runas "$SERVER_USER" --pgdata "$PGRX_DATA"
 run_layer install cargo pgrx install --pg-config "$PG_CONFIG"
 [ "${STATUS[install]}" = PASS ] && COUNTS[install]="cloudberry_ic_proxy.so in $("$PG_CONFIG" --pkglibdir)"
 
-# 4. cluster: servers run as the server user with the installed extension.
+# 4. benchpg: the bench's scenario pg at tiny sizes, through the workers of
+# two servers preloading the extension just installed.
+if [ "${STATUS[install]}" = PASS ]; then
+  # (target/debug/ic-proxy-bench was built by the bench layer.)
+  run_layer benchpg target/debug/ic-proxy-bench --quick --only pg --pg-lib "$("$PG_CONFIG" --pkglibdir)/cloudberry_ic_proxy.so"
+else
+  skip_layer benchpg "the install layer failed, so there is no extension to measure"
+fi
+
+# 5. cluster: servers run as the server user with the installed extension.
 if [ "${STATUS[install]}" = PASS ]; then
   run_layer cluster cargo test -p ic_proxy_cluster_tests --no-fail-fast -- --test-threads=1
 else

@@ -105,7 +105,7 @@ pub async fn ping_pong(
 
 /// One query-like exchange on a fresh logical connection: connect both ends
 /// (both HELLOs answered), 64 bytes each way, BYE each way.
-async fn one_query(ep: &Endpoints, ping: &[u8]) -> Result<(), String> {
+pub(crate) async fn one_query(ep: &Endpoints, ping: &[u8]) -> Result<(), String> {
     let (mut a, mut b) = ep.open().await?;
     a.tx.send(&[ping]).await?;
     recv_exact(&mut b, ping, "query-like exchange").await?;

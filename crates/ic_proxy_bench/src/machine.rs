@@ -46,8 +46,10 @@ pub fn machine_busy_seconds() -> Option<f64> {
 }
 
 /// CPU seconds of this process, its reaped children, and every live
-/// descendant (the proxies, holders, busy loops it started).
-pub fn own_tree_cpu_seconds() -> f64 {
+/// descendant (the proxies, holders, busy loops it started); also of the
+/// processes `also` and their descendants (servers that daemonized away
+/// from this process but are the bench's own).
+pub fn own_tree_cpu_seconds(also: &[u32]) -> f64 {
     let me = std::process::id();
     // pid -> (parent, own + reaped children's CPU ticks)
     let mut procs = std::collections::HashMap::new();
@@ -72,7 +74,7 @@ pub fn own_tree_cpu_seconds() -> f64 {
         // Walk up the parents: ours if `me` is an ancestor (or itself).
         let mut p = pid;
         for _ in 0..64 {
-            if p == me {
+            if p == me || also.contains(&p) {
                 total += ticks;
                 break;
             }

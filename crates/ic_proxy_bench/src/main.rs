@@ -9,6 +9,10 @@
 //!
 //! `--quick` runs every scenario at tiny sizes: the smoke test of the test
 //! command.
+//!
+//! Scenario `pg` measures the proxy as it runs in production, the background
+//! worker inside two real PostgreSQL 15 servers preloading the extension
+//! (`--pg-lib`, else the one installed in pkglibdir; skipped without one).
 
 mod cluster;
 mod flows;
@@ -16,6 +20,7 @@ mod latency;
 mod machine;
 mod memory;
 mod perf_fold;
+mod pg;
 mod report;
 mod stats;
 mod suite;
@@ -57,6 +62,16 @@ enum Scenario {
     Memory,
     /// 6: a mesh of many peers around one hub
     Mesh,
+    /// 7: 8 KB throughput, CPU per GB and ping-pong through the worker in two PostgreSQL 15
+    /// servers (needs the extension library: --pg-lib)
+    Pg,
+}
+
+impl Scenario {
+    /// Whether it runs standalone `ic-proxy` processes.
+    fn needs_ic_proxy(self) -> bool {
+        self != Scenario::Pg
+    }
 }
 
 #[derive(Debug, Parser)]
@@ -75,6 +90,10 @@ struct Args {
     /// The ic-proxy binary [default: the one next to this binary]
     #[arg(long, value_name = "PATH")]
     ic_proxy: Option<PathBuf>,
+    /// The extension library (cloudberry_ic_proxy.so) the PostgreSQL servers of scenario pg
+    /// preload [default: $(pg_config --pkglibdir)/cloudberry_ic_proxy.so if it exists]
+    #[arg(long, value_name = "PATH")]
+    pg_lib: Option<PathBuf>,
     /// Repetitions of every measurement [default: 3; 1 with --quick]
     #[arg(long, value_name = "N")]
     runs: Option<usize>,
@@ -151,6 +170,7 @@ struct Plan {
     scaling_conns: Vec<usize>,
     idle_steps: Vec<usize>,
     mesh_peers: usize,
+    pg_conns: Vec<usize>,
 }
 
 impl Plan {
@@ -176,6 +196,7 @@ impl Plan {
             scaling_conns: if q { vec![16] } else { vec![1, 16, 64] },
             idle_steps,
             mesh_peers: a.mesh_peers.unwrap_or(if q { 20 } else { 999 }),
+            pg_conns: if q { vec![1, 16] } else { vec![1, 16, 64] },
         }
     }
 
@@ -202,9 +223,34 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let code = rt.block_on(bench_main(args, nofile));
+    let code = rt.block_on(async {
+        tokio::select! {
+            code = bench_main(args, nofile) => code,
+            sig = interrupted() => {
+                // Leaving bench_main drops what it started: proxies are
+                // stopped, PostgreSQL servers stopped, directories removed.
+                eprintln!("ic-proxy-bench: {sig}: stopped what was running");
+                ExitCode::from(130)
+            }
+        }
+    });
     rt.shutdown_timeout(Duration::from_secs(2));
     code
+}
+
+/// The first SIGINT or SIGTERM.
+async fn interrupted() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) {
+        (Ok(mut i), Ok(mut t)) => tokio::select! {
+            _ = i.recv() => "interrupted (SIGINT)",
+            _ = t.recv() => "terminated (SIGTERM)",
+        },
+        _ => std::future::pending().await,
+    }
 }
 
 async fn bench_main(args: Args, nofile: u64) -> ExitCode {
@@ -231,12 +277,41 @@ async fn bench_main(args: Args, nofile: u64) -> ExitCode {
             }
         };
     }
-    let bin = match find_ic_proxy(args.ic_proxy.as_deref()) {
-        Ok(b) => b,
-        Err(e) => {
-            eprintln!("ic-proxy-bench: {e}");
-            return ExitCode::from(2);
+    let wanted = |s: Scenario| args.only.is_empty() || args.only.contains(&s);
+    let needs_ic_proxy = args.profile_load.is_some()
+        || args.only.is_empty()
+        || args.only.iter().any(|s| s.needs_ic_proxy());
+    let bin = if needs_ic_proxy {
+        match find_ic_proxy(args.ic_proxy.as_deref()) {
+            Ok(b) => b,
+            Err(e) => {
+                eprintln!("ic-proxy-bench: {e}");
+                return ExitCode::from(2);
+            }
         }
+    } else {
+        PathBuf::new()
+    };
+    // The pg scenario: asked for by name (--only pg) or with --pg-lib, a
+    // library that cannot be used is an error; in the full suite, a missing
+    // one only skips it.
+    let mut skipped = Vec::new();
+    let pg_lib = if wanted(Scenario::Pg) && args.profile_load.is_none() {
+        match pg::find_lib(args.pg_lib.as_deref()) {
+            Ok(l) => Some(l),
+            Err(e) if args.pg_lib.is_some() || args.only.contains(&Scenario::Pg) => {
+                eprintln!("ic-proxy-bench: scenario pg: {e}\n{}", pg::BUILD_HINT);
+                return ExitCode::from(2);
+            }
+            Err(e) => {
+                skipped.push(format!(
+                    "scenario pg (the worker inside PostgreSQL) skipped: {e}"
+                ));
+                None
+            }
+        }
+    } else {
+        None
     };
     let _ = cluster::PROXY_ENV.set(args.proxy_env.clone());
     if let (Some(secs), Some(file)) = (args.profile_load, &args.pids_file) {
@@ -255,22 +330,29 @@ async fn bench_main(args: Args, nofile: u64) -> ExitCode {
         machine.build_profile,
         machine::load_average()
     );
+    for s in &skipped {
+        println!("{s}; to include it, {}\n", pg::BUILD_HINT);
+    }
     let mut b = Bench {
-        noise_mark: noise_now(),
+        noise_mark: noise_now(&[]),
         report: Report {
             machine,
             load_average: [machine::load_average(), String::new()],
             options: json!({ "plan": &plan, "ic_proxy": bin.display().to_string(), "nofile": nofile,
+                             "pg_lib": pg_lib.as_ref().map(|l| json!({ "path": l.path.display().to_string(), "how": l.how, "modified": l.modified })),
                              "proxy_env": args.proxy_env.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>() }),
             sections: Vec::new(),
             targets: Vec::new(),
             problems: Vec::new(),
             proxy_warnings: Vec::new(),
+            skipped,
         },
         plan,
         bin,
         nofile,
         found: Findings::default(),
+        pg_lib,
+        also_ours: Vec::new(),
     };
     let only = args.only.clone();
     b.run(&only).await;
@@ -300,6 +382,10 @@ async fn bench_main(args: Args, nofile: u64) -> ExitCode {
             }
             Err(e) => b.report.problems.push(format!("cannot encode JSON: {e}")),
         }
+    }
+    // Again at the end, which is what a cut log keeps.
+    for s in &b.report.skipped {
+        println!("{s}");
     }
     if b.report.problems.is_empty() {
         println!("ic-proxy-bench: every byte arrived intact, no stall");

@@ -85,6 +85,8 @@ pub struct Report {
     pub problems: Vec<String>,
     /// What the proxies logged at WARN or ERROR.
     pub proxy_warnings: Vec<String>,
+    /// Scenarios left out of this run, and why (not failures).
+    pub skipped: Vec<String>,
 }
 
 impl Report {

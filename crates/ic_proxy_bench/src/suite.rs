@@ -16,6 +16,7 @@ use crate::flows::{self, FlowOutcome, Route};
 use crate::latency::{self, EchoPeer};
 use crate::machine::{self, rss_bytes, BusyLoop};
 use crate::memory;
+use crate::pg::{PgLib, PgPair};
 use crate::report::{factor, mib, percent, runs_json, spread, Report, Section, Target};
 use crate::stats::{paired_ratios, Percentiles, Spread};
 use crate::transport::{self, Endpoints};
@@ -23,6 +24,8 @@ use crate::{Plan, Scenario};
 
 /// Payload of an 8 KB ic-tcp packet: 8188 bytes + the 4-byte length.
 pub(crate) const PAYLOAD_8K: usize = 8188;
+/// The longest two PostgreSQL servers may take to start and link their workers.
+const PG_START_DEADLINE: Duration = Duration::from_secs(90);
 /// Small packets, as ic-tcp packets of 64 B, 1 KB and 3 KB.
 pub(crate) const SMALL: [usize; 3] = [60, 1020, 3068];
 
@@ -60,6 +63,12 @@ pub(crate) struct Findings {
     idle_failed: bool,
     /// (peers, every link up after the hold).
     mesh: Option<(usize, bool)>,
+    /// Through the workers in PostgreSQL: 8 KB proxy/direct by connection count.
+    pg_ratio: BTreeMap<usize, Spread>,
+    /// (conns, sending worker, receiving worker) core-seconds per GB.
+    pg_cpu_per_gb: Vec<(usize, Option<Spread>, Option<Spread>)>,
+    /// 64 B ping-pong p50, worker / direct, 1 connection, other core idle.
+    pg_ping_pong: Option<Option<Spread>>,
 }
 
 pub(crate) struct Bench {
@@ -71,6 +80,11 @@ pub(crate) struct Bench {
     pub(crate) nofile: u64,
     pub(crate) report: Report,
     pub(crate) found: Findings,
+    /// The extension library of the PostgreSQL scenario; None: it is skipped.
+    pub(crate) pg_lib: Option<PgLib>,
+    /// Processes outside our process tree whose CPU time is the bench's own
+    /// (the PostgreSQL servers, which daemonize), not other processes'.
+    pub(crate) also_ours: Vec<u32>,
 }
 
 /// Keeps the largest RSS seen of some processes, sampled every 100 ms.
@@ -122,7 +136,7 @@ impl Bench {
 
     fn emit(&mut self, mut s: Section) {
         let (busy0, ours0, t0) = self.noise_mark;
-        self.noise_mark = noise_now();
+        self.noise_mark = noise_now(&self.also_ours);
         let (busy1, ours1, _) = self.noise_mark;
         let secs = t0.elapsed().as_secs_f64();
         let cores = self.report.machine.nproc as f64;
@@ -186,6 +200,11 @@ impl Bench {
         }
         if want(Scenario::Mesh) {
             self.mesh().await;
+        }
+        if want(Scenario::Pg) {
+            if let Some(lib) = self.pg_lib.clone() {
+                self.pg(&lib).await;
+            }
         }
     }
 
@@ -1030,6 +1049,221 @@ impl Bench {
         self.emit(s);
     }
 
+    /// Scenario 7: the same measurements through the proxy as it runs in
+    /// production, the background worker of two PostgreSQL servers.
+    async fn pg(&mut self, lib: &PgLib) {
+        let pair = match PgPair::start(&lib.path, PG_START_DEADLINE).await {
+            Ok(p) => p,
+            Err(e) => {
+                return self.problem(
+                    &format!(
+                        "starting two PostgreSQL servers preloading {}",
+                        lib.path.display()
+                    ),
+                    e,
+                )
+            }
+        };
+        self.also_ours = pair.postmaster_pids();
+        let version = pair.version();
+        let workers = pair.worker_pids();
+        let about = format!(
+            "Two PostgreSQL servers ({version}) run as the server user, each preloading `{}` ({}, modified {}); their background workers \"ic proxy process\" (pids {} and {}, `ic_proxy.worker_threads` 2, the default) are dbid 1 (content -1) and dbid 2 (content 0), linked over 127.0.0.1. The backends are this process on each worker's Unix socket; the direct baseline is the same as in scenario 1, measured in the same run.",
+            lib.path.display(),
+            lib.how,
+            lib.modified,
+            workers[0],
+            workers[1]
+        );
+        let idle = settled_rss_each(&workers).await;
+        let sampler = RssSampler::start(workers.clone());
+        self.pg_throughput(&pair, &about).await;
+        let peak = sampler.finish().await;
+        let after = settled_rss_each(&workers).await;
+        if let Some(s) = self
+            .report
+            .sections
+            .last_mut()
+            .filter(|s| s.id == "pg_throughput_8k")
+        {
+            let n = format!(
+                "Worker RSS MiB (sending / receiving): idle {} / {}, peak during the 8 KB runs {} / {}, after them (settled) {} / {}.",
+                mib(idle[0] as f64),
+                mib(idle[1] as f64),
+                mib(peak[0] as f64),
+                mib(peak[1] as f64),
+                mib(after[0] as f64),
+                mib(after[1] as f64)
+            );
+            println!("{n}\n");
+            s.note(n);
+        }
+        let same = format!(
+            "The servers and workers of section 7 (worker pids {} and {}).",
+            workers[0], workers[1]
+        );
+        self.pg_ping_pong(&pair, &same).await;
+        if let Err(e) = pair.check() {
+            self.problem("the PostgreSQL workers after the runs", e);
+        }
+        self.report.proxy_warnings.extend(pair.warnings());
+        if let Err(e) = pair.stop().await {
+            self.problem("stopping the PostgreSQL servers", e);
+        }
+        self.also_ours.clear();
+    }
+
+    async fn pg_throughput(&mut self, pair: &PgPair, about: &str) {
+        let mut s = Section::new(
+            "pg_throughput_8k",
+            "7. One-way throughput, 8 KB ic-tcp packets, through the workers in PostgreSQL 15",
+            &[
+                "logical conns",
+                "worker MB/s (min / med / max)",
+                "worker kpackets/s",
+                "direct MB/s",
+                "worker / direct (med, min–max)",
+                "core-s/GB sending worker",
+                "core-s/GB receiving worker",
+            ],
+        );
+        s.note(about);
+        s.note(format!(
+            "8192-byte ic-tcp packets, one packet per write; {} s per run, {} runs, direct and workers alternating; every byte digest-checked. core-s/GB: utime + stime of each worker process (/proc/<pid>/stat) per 10^9 ic-tcp bytes.",
+            self.plan.secs, self.plan.runs
+        ));
+        let pids = pair.worker_pids();
+        let proxy = Arc::new(pair.endpoints());
+        for &conns in &self.plan.pg_conns.clone() {
+            let direct = match Endpoints::direct().await {
+                Ok(d) => Arc::new(d),
+                Err(e) => return self.problem("direct listener", e),
+            };
+            let what = format!("PostgreSQL workers: 8 KB throughput, {conns} conns");
+            let Some((d, p)) = self
+                .compare_flows(
+                    &what,
+                    &[Route { ep: direct, conns }],
+                    &[Route {
+                        ep: proxy.clone(),
+                        conns,
+                    }],
+                    PAYLOAD_8K,
+                    &pids,
+                )
+                .await
+            else {
+                continue;
+            };
+            let (mut cells, mut data, ratio) = Self::flow_cells(&d, &p);
+            if let Some(r) = ratio {
+                self.found.pg_ratio.insert(conns, r);
+            }
+            let sender: Vec<f64> = p.iter().map(|o| o.cpu_per_gb()[0]).collect();
+            let receiver: Vec<f64> = p.iter().map(|o| o.cpu_per_gb()[1]).collect();
+            let (cs, cr) = (Spread::of(&sender), Spread::of(&receiver));
+            self.found.pg_cpu_per_gb.push((conns, cs, cr));
+            cells.insert(0, conns.to_string());
+            cells.push(spread(cs, 2));
+            cells.push(spread(cr, 2));
+            data["conns"] = json!(conns);
+            data["payload"] = json!(PAYLOAD_8K);
+            data["cpu_s_per_gb"] = json!({ "sender_worker": runs_json(&sender), "receiver_worker": runs_json(&receiver) });
+            s.row(cells, data);
+        }
+        if let Err(e) = pair.check() {
+            self.problem("the PostgreSQL workers after the 8 KB runs", e);
+        }
+        self.emit(s);
+    }
+
+    async fn pg_ping_pong(&mut self, pair: &PgPair, about: &str) {
+        let mut s = Section::new(
+            "pg_ping_pong",
+            "7b. Round trips through the workers in PostgreSQL 15, 64-byte messages (µs)",
+            &[
+                "exchange",
+                "other core",
+                "worker p50 (min / med / max)",
+                "worker p99",
+                "worker p99.9",
+                "direct p50 (min / med / max)",
+                "direct p99",
+                "direct p99.9",
+                "p50 worker/direct",
+                "p99 worker/direct",
+            ],
+        );
+        s.note(about);
+        s.note(format!(
+            "64-byte ping-pong on 1 logical connection, both ends in this process (as the direct baseline's); {} s per run, {} runs, direct and workers alternating; p99 and p99.9 columns are the median over runs.",
+            self.plan.latency_secs, self.plan.runs
+        ));
+        let proxy = pair.endpoints();
+        let direct = match Endpoints::direct().await {
+            Ok(d) => d,
+            Err(e) => return self.problem("direct listener", e),
+        };
+        let (secs, stall) = (self.plan.latency_secs, self.plan.stall());
+        let mut runs: [Vec<Percentiles>; 2] = [Vec::new(), Vec::new()];
+        for _ in 0..self.plan.runs {
+            for (k, ep) in [&direct, &proxy].into_iter().enumerate() {
+                let r = latency::ping_pong(ep, 1, secs, stall)
+                    .await
+                    .and_then(|mut v| {
+                        Percentiles::of(&mut v).ok_or_else(|| "no sample".to_string())
+                    });
+                match r {
+                    Ok(p) => runs[k].push(p),
+                    Err(e) => {
+                        let side = if k == 0 {
+                            "direct"
+                        } else {
+                            "through the PostgreSQL workers"
+                        };
+                        self.problem(&format!("64 B ping-pong, 1 conn, {side}"), e);
+                        self.found.pg_ping_pong = Some(None);
+                        self.emit(s);
+                        return;
+                    }
+                }
+            }
+        }
+        let us = |v: &[Percentiles], f: fn(&Percentiles) -> u64| -> Vec<f64> {
+            v.iter().map(|p| f(p) as f64 / 1000.0).collect()
+        };
+        let [d, p] = &runs;
+        let (d50, d99, d999) = (us(d, |x| x.p50), us(d, |x| x.p99), us(d, |x| x.p999));
+        let (p50, p99, p999) = (us(p, |x| x.p50), us(p, |x| x.p99), us(p, |x| x.p999));
+        let r50 = paired_ratios(&p50, &d50);
+        let r99 = paired_ratios(&p99, &d99);
+        self.found.pg_ping_pong = Some(r50);
+        let med = |v: &[f64]| Spread::of(v).map_or("-".into(), |s| format!("{:.1}", s.median));
+        s.row(
+            vec![
+                "ping-pong, 1 conn".into(),
+                "idle".into(),
+                spread(Spread::of(&p50), 1),
+                med(&p99),
+                med(&p999),
+                spread(Spread::of(&d50), 1),
+                med(&d99),
+                med(&d999),
+                factor(r50),
+                factor(r99),
+            ],
+            json!({
+                "exchange": "ping-pong, 1 conn", "other_core": "idle",
+                "worker_us": { "p50": runs_json(&p50), "p99": runs_json(&p99), "p999": runs_json(&p999),
+                               "samples": p.iter().map(|x| x.samples).collect::<Vec<_>>() },
+                "direct_us": { "p50": runs_json(&d50), "p99": runs_json(&d99), "p999": runs_json(&d999),
+                               "samples": d.iter().map(|x| x.samples).collect::<Vec<_>>() },
+                "ratio_p50": r50, "ratio_p99": r99,
+            }),
+        );
+        self.emit(s);
+    }
+
     pub(crate) fn targets(&mut self) {
         let f = &self.found;
         let mut t = Vec::new();
@@ -1142,15 +1376,51 @@ impl Bench {
                 met: Some(ok && peers + 1 >= 1000),
             });
         }
+        // The same targets through the worker inside PostgreSQL.
+        for (conns, want) in [(1usize, 0.75), (16, 0.40), (64, 0.55)] {
+            if let Some(r) = f.pg_ratio.get(&conns).copied() {
+                t.push(Target {
+                    target: format!(
+                        "8 KB throughput, {conns} conn(s): ≥ {:.0}% of direct (PostgreSQL worker)",
+                        want * 100.0
+                    ),
+                    measured: percent(Some(r)),
+                    met: Some(r.median >= want),
+                });
+            }
+        }
+        let pg_worst = f
+            .pg_cpu_per_gb
+            .iter()
+            .flat_map(|(c, a, b)| [(c, a), (c, b)])
+            .filter_map(|(c, s)| s.map(|s| (*c, s.median)))
+            .fold(None::<(usize, f64)>, |acc, x| match acc {
+                Some(a) if a.1 >= x.1 => Some(a),
+                _ => Some(x),
+            });
+        if let Some((c, v)) = pg_worst {
+            t.push(Target {
+                target: "≤ 0.6 core-s per GB, per worker (worst median, PostgreSQL worker)".into(),
+                measured: format!("{v:.2} ({c} conns)"),
+                met: Some(v <= 0.6),
+            });
+        }
+        if let Some(p50) = f.pg_ping_pong {
+            t.push(Target {
+                target: "64 B ping-pong, 1 conn, p50 ≤ 3× direct (idle, PostgreSQL worker)".into(),
+                measured: factor(p50),
+                met: p50.map(|r| r.median <= 3.0),
+            });
+        }
         self.report.targets = t;
     }
 }
 
 /// (machine busy seconds, our own tree's CPU seconds, now).
-pub(crate) fn noise_now() -> (f64, f64, std::time::Instant) {
+pub(crate) fn noise_now(also_ours: &[u32]) -> (f64, f64, std::time::Instant) {
     (
         machine::machine_busy_seconds().unwrap_or(0.0),
-        machine::own_tree_cpu_seconds(),
+        machine::own_tree_cpu_seconds(also_ours),
         std::time::Instant::now(),
     )
 }
