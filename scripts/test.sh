@@ -5,7 +5,7 @@
 # (layers), and the exit status is 1 when any layer failed.
 #
 #   core     cargo test of the pure crates (unit, property, integration)
-#   bench    ic-proxy-bench --quick: every benchmark scenario at tiny sizes (fails on lost data or a stall only)
+#   bench    ic-proxy-bench --quick: every standalone-proxy scenario at tiny sizes (fails on lost data or a stall only)
 #   pgrx     the #[pg_test]s of src/, in a throw-away server run as postgres
 #   install  cargo pgrx install (debug): the extension the next layers test
 #   benchpg  ic-proxy-bench --quick --only pg: the benchmark's smoke test through the worker in two PostgreSQL servers
@@ -117,7 +117,7 @@ while [ "$dir" != / ]; do chmod o+rx "$dir"; dir="$(dirname "$dir")"; done
 # 1. core
 # --no-fail-fast: a failing test binary does not hide the results of the next.
 run_layer core cargo test --workspace --exclude cloudberry_ic_proxy --exclude ic_proxy_cluster_tests --no-fail-fast
-run_layer bench bash -c 'cargo build -q -p ic_proxy_cli -p ic_proxy_bench && target/debug/ic-proxy-bench --quick'
+run_layer bench bash -c 'cargo build -q -p ic_proxy_cli -p ic_proxy_bench && target/debug/ic-proxy-bench --quick --only throughput,small,latency,churn,cpu,memory,mesh'
 
 # 2. pgrx: a data directory the server user owns, removed afterwards.
 PGRX_DATA="$WORK/pgrx-data"

@@ -207,6 +207,43 @@ fn refuse(ctx: &Ctx, why: &str) {
     });
 }
 
+/// Most buffers one writev takes (Linux's IOV_MAX).
+const MAX_IOV: usize = 1024;
+
+/// Writes every buffer of `bufs`, in order, with as few writev calls as the
+/// kernel allows.
+async fn write_all_vectored(wr: &mut OwnedWriteHalf, bufs: &[Bytes]) -> io::Result<()> {
+    let (mut i, mut off) = (0usize, 0usize);
+    let mut slices: Vec<io::IoSlice<'_>> = Vec::with_capacity(bufs.len().min(MAX_IOV));
+    while i < bufs.len() {
+        slices.clear();
+        slices.push(io::IoSlice::new(&bufs[i][off..]));
+        slices.extend(
+            bufs[i + 1..]
+                .iter()
+                .take(MAX_IOV - 1)
+                .map(|b| io::IoSlice::new(b)),
+        );
+        let mut n = wr.write_vectored(&slices).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        // Step over what went out: whole buffers, then part of one.
+        while n > 0 && i < bufs.len() {
+            let rest = bufs[i].len() - off;
+            if n >= rest {
+                n -= rest;
+                i += 1;
+                off = 0;
+            } else {
+                off += n;
+                n = 0;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Backend -> proxy: frame ic-tcp packets, merge what one read brought into
 /// DATA packets, send them now; BYE at the end of the stream.
 async fn read_backend(
@@ -313,33 +350,38 @@ async fn write_backend(
         routes: RouteCache::default(),
     };
     let mut credit = RecvCredit::default();
-    let mut out: Vec<u8> = Vec::new();
+    // Payloads go to the backend as they arrived, many per writev: no copy.
+    let mut out: Vec<Bytes> = Vec::new();
     loop {
         let first = tokio::select! {
             _ = shared.abort.cancelled() => break,
             d = rx.recv() => match d { Some(d) => d, None => break },
         };
         let mut packets = 0u32;
+        let mut bytes = 0usize;
         let mut bye = false;
         let mut next = Some(first);
         while let Some(d) = next.take() {
             match d {
                 Delivery::Data(b) => {
-                    out.extend_from_slice(&b);
+                    bytes += b.len();
                     packets += 1;
+                    if !b.is_empty() {
+                        out.push(b);
+                    }
                 }
                 Delivery::Bye => bye = true,
             }
-            if !bye && out.len() < WRITE_BATCH {
+            if !bye && bytes < WRITE_BATCH && out.len() < MAX_IOV {
                 next = rx.try_recv().ok();
             }
         }
         // What these packets counted against the session's queue bound.
-        let cost = out.len() + packets as usize * PACKET_COST;
+        let cost = bytes + packets as usize * PACKET_COST;
         if !out.is_empty() {
             let written: io::Result<()> = tokio::select! {
                 _ = shared.abort.cancelled() => break,
-                r = wr.write_all(&out) => r,
+                r = write_all_vectored(&mut wr, &out) => r,
             };
             shared.queued.fetch_sub(cost, Relaxed);
             if let Err(e) = written {
@@ -347,14 +389,10 @@ async fn write_backend(
                 shared.abort.cancel();
                 break;
             }
+            out.clear();
             if rx.is_empty() {
                 // Nothing more to write: an idle session keeps no buffer.
                 out = Vec::new();
-            } else {
-                out.clear();
-                if out.capacity() > 4 * WRITE_BATCH {
-                    out.shrink_to(64 * 1024);
-                }
             }
         } else {
             // Empty DATA packets: nothing to write, their cost to release.
