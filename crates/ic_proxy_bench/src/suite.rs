@@ -186,7 +186,7 @@ impl Bench {
                 self.scaling(&mut pair).await;
             }
             let peak = sampler.finish().await;
-            let after: Vec<u64> = settled_rss_each(&pids).await;
+            let after: Vec<u64> = settled_after_load(&pids).await;
             if let Err(e) = pair.check() {
                 self.problem("the proxies after the load scenarios", e);
             }
@@ -808,7 +808,7 @@ impl Bench {
                 "after / idle",
             ],
         );
-        s.note("VmRSS of the two proxies that served scenarios 1–5, sampled every 100 ms during them; \"after\" once it stopped changing by more than 1% for 1 s.");
+        s.note("VmRSS of the two proxies that served scenarios 1–5, sampled every 100 ms during them; \"after\" once it stopped changing by more than 1% for 2.5 s (a proxy gives memory back within about 2 s of going quiet).");
         for (i, name) in ["sending (dbid 1)", "receiving (dbid 2)"]
             .iter()
             .enumerate()
@@ -960,12 +960,7 @@ impl Bench {
         for h in holders {
             h.close().await;
         }
-        let mut after = Vec::new();
-        for p in &pids {
-            after.push(
-                memory::settled_rss(*p, Duration::from_secs(1), Duration::from_secs(30)).await,
-            );
-        }
+        let after = settled_after_load(&pids).await;
         for (i, name) in ["sending", "receiving"].iter().enumerate() {
             let r = after[i] as f64 / idle[i].max(1) as f64;
             self.found
@@ -1079,7 +1074,7 @@ impl Bench {
         let sampler = RssSampler::start(workers.clone());
         self.pg_throughput(&pair, &about).await;
         let peak = sampler.finish().await;
-        let after = settled_rss_each(&workers).await;
+        let after = settled_after_load(&workers).await;
         if let Some(s) = self
             .report
             .sections
@@ -1426,6 +1421,17 @@ pub(crate) fn noise_now(also_ours: &[u32]) -> (f64, f64, std::time::Instant) {
 }
 
 /// The settled RSS of each process in turn.
+/// RSS of each process once the load is over: a proxy gives memory back
+/// within two of its one-second ticks of going quiet (`TrimPolicy`), so
+/// "settled" here means unchanged for longer than that.
+pub(crate) async fn settled_after_load(pids: &[u32]) -> Vec<u64> {
+    let mut v = Vec::new();
+    for p in pids {
+        v.push(memory::settled_rss(*p, Duration::from_millis(2500), Duration::from_secs(30)).await);
+    }
+    v
+}
+
 pub(crate) async fn settled_rss_each(pids: &[u32]) -> Vec<u64> {
     let mut v = Vec::new();
     for p in pids {

@@ -12,7 +12,6 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::UnixStream;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::flow::RecvCredit;
@@ -137,11 +136,9 @@ pub(crate) async fn run_session(ctx: Arc<Ctx>, stream: UnixStream) {
         return refuse(&ctx, &format!("cannot send HELLO ACK: {e}"));
     }
 
-    let (tx, rx) = mpsc::unbounded_channel();
     let abort = ctx.shutdown.child_token();
     let shared = Arc::new(SessionShared::new(
         key,
-        tx,
         ctx.settings.flow,
         ctx.queued_cap(),
         abort,
@@ -184,7 +181,7 @@ pub(crate) async fn run_session(ctx: Arc<Ctx>, stream: UnixStream) {
         let ctx = ctx.clone();
         let shared = shared.clone();
         let target = target.clone();
-        tokio::spawn(async move { write_backend(&ctx, &shared, &target, wr, rx).await })
+        tokio::spawn(async move { write_backend(&ctx, &shared, &target, wr).await })
     };
     read_backend(&ctx, &shared, &target, rd, buf).await;
     let _ = writer.await;
@@ -336,13 +333,7 @@ async fn read_backend(
 
 /// Proxy -> backend: write what the other end sent, acknowledge it, and
 /// half-close on BYE.
-async fn write_backend(
-    ctx: &Ctx,
-    shared: &SessionShared,
-    target: &Target,
-    mut wr: OwnedWriteHalf,
-    mut rx: mpsc::UnboundedReceiver<Delivery>,
-) {
+async fn write_backend(ctx: &Ctx, shared: &SessionShared, target: &Target, mut wr: OwnedWriteHalf) {
     let mut acks = Outbound {
         ctx,
         key: shared.key,
@@ -355,7 +346,7 @@ async fn write_backend(
     loop {
         let first = tokio::select! {
             _ = shared.abort.cancelled() => break,
-            d = rx.recv() => match d { Some(d) => d, None => break },
+            d = shared.inbox.recv() => d,
         };
         let mut packets = 0u32;
         let mut bytes = 0usize;
@@ -373,7 +364,7 @@ async fn write_backend(
                 Delivery::Bye => bye = true,
             }
             if !bye && bytes < WRITE_BATCH && out.len() < MAX_IOV {
-                next = rx.try_recv().ok();
+                next = shared.inbox.try_recv();
             }
         }
         // What these packets counted against the session's queue bound.
@@ -390,9 +381,10 @@ async fn write_backend(
                 break;
             }
             out.clear();
-            if rx.is_empty() {
+            if shared.inbox.is_empty() {
                 // Nothing more to write: an idle session keeps no buffer.
                 out = Vec::new();
+                shared.inbox.release_if_empty();
             }
         } else {
             // Empty DATA packets: nothing to write, their cost to release.

@@ -4,13 +4,13 @@
 //! the hot path (a reader takes the lock once per logical connection, not
 //! once per packet).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::cache::{Dropped, EarlyCache};
@@ -25,6 +25,54 @@ pub(crate) enum Delivery {
     Data(Bytes),
     /// The other end is done sending: half-close toward the backend.
     Bye,
+}
+
+/// A session's queue of deliveries for its writer. A plain deque under a
+/// mutex: it allocates nothing until something arrives and nothing once it
+/// is drained, so an idle session costs no queue memory (a channel keeps a
+/// block of slots for its whole life).
+#[derive(Default)]
+pub(crate) struct Inbox {
+    q: Mutex<VecDeque<Delivery>>,
+    ready: Notify,
+}
+
+impl Inbox {
+    fn push(&self, d: Delivery) {
+        self.lock().push_back(d);
+        // Stores a permit when the writer is not waiting: no wake-up is lost.
+        self.ready.notify_one();
+    }
+
+    pub fn try_recv(&self) -> Option<Delivery> {
+        self.lock().pop_front()
+    }
+
+    /// The next delivery, waiting for one.
+    pub async fn recv(&self) -> Delivery {
+        loop {
+            if let Some(d) = self.try_recv() {
+                return d;
+            }
+            self.ready.notified().await;
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+
+    /// Gives back the queue's memory if it is empty (after a burst).
+    pub fn release_if_empty(&self) {
+        let mut q = self.lock();
+        if q.is_empty() && q.capacity() > 0 {
+            *q = VecDeque::new();
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Delivery>> {
+        self.q.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// A packet for a local backend, as the router sees it.
@@ -48,7 +96,8 @@ const KEY_COST: usize = 512;
 /// The part of a backend session other tasks can reach.
 pub(crate) struct SessionShared {
     pub key: LogicalConnKey,
-    tx: mpsc::UnboundedSender<Delivery>,
+    /// What the session's writer is to write to its backend.
+    pub inbox: Inbox,
     /// A BYE was routed to this session: later packets with its key belong to
     /// the next statement reusing the key, and wait in the cache.
     p2c_done: AtomicBool,
@@ -72,14 +121,13 @@ pub(crate) struct SessionShared {
 impl SessionShared {
     pub fn new(
         key: LogicalConnKey,
-        tx: mpsc::UnboundedSender<Delivery>,
         flow: FlowParams,
         queued_cap: usize,
         abort: CancellationToken,
     ) -> Self {
         SessionShared {
             key,
-            tx,
+            inbox: Inbox::default(),
             p2c_done: AtomicBool::new(false),
             closed: CancellationToken::new(),
             stop_reading: abort.child_token(),
@@ -115,13 +163,13 @@ impl SessionShared {
                         cap: self.queued_cap,
                     });
                 }
-                let _ = self.tx.send(Delivery::Data(b));
+                self.inbox.push(Delivery::Data(b));
             }
             Arrival::Bye => {
                 self.p2c_done.store(true, Relaxed);
                 self.lock_credit().release();
                 self.resume.notify_one();
-                let _ = self.tx.send(Delivery::Bye);
+                self.inbox.push(Delivery::Bye);
             }
             Arrival::Ack => {
                 if self
@@ -143,7 +191,7 @@ impl SessionShared {
         self.p2c_done.store(true, Relaxed);
         self.lock_credit().release();
         self.resume.notify_one();
-        let _ = self.tx.send(Delivery::Bye);
+        self.inbox.push(Delivery::Bye);
         self.stop_reading.cancel();
     }
 
