@@ -176,19 +176,17 @@ pub(crate) async fn run_session(ctx: Arc<Ctx>, stream: UnixStream) {
     }
     log::debug!("ic-proxy: session {key} registered");
 
-    let target = Arc::new(target);
-    let writer = {
-        let ctx = ctx.clone();
-        let shared = shared.clone();
-        let target = target.clone();
-        tokio::spawn(async move { write_backend(&ctx, &shared, &target, wr).await })
-    };
-    read_backend(&ctx, &shared, &target, rd, buf).await;
-    let _ = writer.await;
+    // Both directions in this one task: a logical connection costs one
+    // spawn, not two (and no wake-up of another runtime thread to run the
+    // second); the reader and the writer never wait on each other.
+    tokio::join!(
+        read_backend(&ctx, &shared, &target, rd, buf),
+        write_backend(&ctx, &shared, &target, wr)
+    );
 
     ctx.registry.unregister(&shared);
     counters.sessions_open.fetch_sub(1, Relaxed);
-    if let Target::Peer(slot, _) = &*target {
+    if let Target::Peer(slot, _) = &target {
         slot.stats.logical_conns.fetch_sub(1, Relaxed);
     }
     log::debug!("ic-proxy: session {key} closed");
