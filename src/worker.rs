@@ -23,10 +23,6 @@ use crate::{gucs, shmem};
 
 /// How often the main thread wakes to publish status and drain the log.
 const TICK: Duration = Duration::from_millis(200);
-/// Freed memory the C library keeps, at most, while the proxy works.
-const ALLOCATOR_KEEPS: i32 = 64 << 20;
-/// Allocations at least this large get their own mapping.
-const OWN_MAPPING_FROM: i32 = 4 << 20;
 /// How often the worker asks whether the proxy went quiet after work, so the
 /// memory the work left with the C library goes back to the system.
 const TRIM_EVERY: Duration = Duration::from_secs(1);
@@ -182,14 +178,6 @@ pub extern "C-unwind" fn ic_proxy_worker_main(_arg: pg_sys::Datum) {
             pg_sys::MyProcPid,
         )
     };
-    // The C library keeps freed heap pages while the proxy works, instead of
-    // returning and faulting them in again after every burst; the trim below
-    // returns them once the proxy goes quiet. Only this process is affected.
-    // SAFETY: mallopt only sets the allocator's thresholds; no pointer.
-    unsafe {
-        libc::mallopt(libc::M_TRIM_THRESHOLD, ALLOCATOR_KEEPS);
-        libc::mallopt(libc::M_MMAP_THRESHOLD, OWN_MAPPING_FROM);
-    }
     let socket = socket_path(&gucs::socket_dir(), port, postmaster_pid);
     let (pause_at, resume_at, ack_interval) = gucs::flow_thresholds();
     let mut settings = ProxySettings::new(dbid, socket.clone());

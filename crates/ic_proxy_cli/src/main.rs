@@ -3,7 +3,7 @@
 //! address map checker (`check`). A thin shell over `ic_proxy_core` and
 //! `ic_proxy_client`: it parses arguments, owns signals and stdio, and never
 //! implements protocol or routing itself.
-// Two calls into the C library's allocator (memory.rs) need unsafe;
+// One call into the C library (memory::release_free_memory) needs unsafe;
 // nothing else may.
 #![deny(unsafe_code)]
 

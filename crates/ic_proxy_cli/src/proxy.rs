@@ -64,7 +64,6 @@ pub fn run_proxy(args: RunArgs) -> ExitCode {
         }
     }
 
-    crate::memory::tune_allocator();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(usize::from(args.threads))
         .thread_name("ic-proxy-worker")
