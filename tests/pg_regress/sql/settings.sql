@@ -15,6 +15,7 @@ SHOW ic_proxy.flow_resume_threshold;
 SHOW ic_proxy.log_verbosity;
 SHOW ic_proxy.max_packet_size;
 SHOW ic_proxy.peer_auth_secret_file;
+SHOW ic_proxy.peer_queue_size;
 SHOW ic_proxy.peer_retry_interval;
 SHOW ic_proxy.socket_dir;
 SHOW ic_proxy.worker_threads;
