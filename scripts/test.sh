@@ -51,7 +51,7 @@ summary() {
     [ -f "$WORK/$layer.log" ] || continue
     echo
     echo "---- $layer failed; its telling lines, then its last 15 ----"
-    grep -E 'PROBLEM|panicked|^test .* FAILED|^failures:|^error(\[|:)|problem\(s\)' "$WORK/$layer.log" | head -40
+    grep -E 'PROBLEM|panicked|^test .* FAILED|^failures:|^error(\[|:)|problem\(s\)|^[-+] ' "$WORK/$layer.log" | head -60
     echo "...."
     tail -n 15 "$WORK/$layer.log"
   done
