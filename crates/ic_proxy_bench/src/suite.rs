@@ -210,6 +210,38 @@ impl Bench {
 
     /// Alternates direct and proxy runs of the same streams; every run of
     /// each, or None (and a problem) if one failed.
+    /// 8 KB packets on `conns` connections, direct (a fresh listener) and
+    /// through `proxy`, alternating. Err once a problem is recorded that ends
+    /// the scenario (no direct listener); Ok(None) when this step failed.
+    async fn compare_8k(
+        &mut self,
+        what: &str,
+        proxy: &Arc<Endpoints>,
+        conns: usize,
+        pids: &[u32],
+    ) -> Result<Option<(Vec<FlowOutcome>, Vec<FlowOutcome>)>, ()> {
+        let direct = match Endpoints::direct().await {
+            Ok(d) => Arc::new(d),
+            Err(e) => {
+                self.problem("direct listener", e);
+                return Err(());
+            }
+        };
+        let proxy = Route {
+            ep: proxy.clone(),
+            conns,
+        };
+        Ok(self
+            .compare_flows(
+                what,
+                &[Route { ep: direct, conns }],
+                &[proxy],
+                PAYLOAD_8K,
+                pids,
+            )
+            .await)
+    }
+
     async fn compare_flows(
         &mut self,
         what: &str,
@@ -287,24 +319,11 @@ impl Bench {
             b: pair.end(1),
         });
         for &conns in &self.plan.conns.clone() {
-            let direct = match Endpoints::direct().await {
-                Ok(d) => Arc::new(d),
-                Err(e) => return self.problem("direct listener", e),
-            };
             let what = format!("8 KB throughput, {conns} conns");
-            let Some((d, p)) = self
-                .compare_flows(
-                    &what,
-                    &[Route { ep: direct, conns }],
-                    &[Route {
-                        ep: proxy.clone(),
-                        conns,
-                    }],
-                    PAYLOAD_8K,
-                    &pids,
-                )
-                .await
-            else {
+            let Ok(step) = self.compare_8k(&what, &proxy, conns, &pids).await else {
+                return;
+            };
+            let Some((d, p)) = step else {
                 continue;
             };
             let (mut cells, mut data, ratio) = Self::flow_cells(&d, &p);
@@ -1130,24 +1149,11 @@ impl Bench {
         let pids = pair.worker_pids();
         let proxy = Arc::new(pair.endpoints());
         for &conns in &self.plan.pg_conns.clone() {
-            let direct = match Endpoints::direct().await {
-                Ok(d) => Arc::new(d),
-                Err(e) => return self.problem("direct listener", e),
-            };
             let what = format!("PostgreSQL workers: 8 KB throughput, {conns} conns");
-            let Some((d, p)) = self
-                .compare_flows(
-                    &what,
-                    &[Route { ep: direct, conns }],
-                    &[Route {
-                        ep: proxy.clone(),
-                        conns,
-                    }],
-                    PAYLOAD_8K,
-                    &pids,
-                )
-                .await
-            else {
+            let Ok(step) = self.compare_8k(&what, &proxy, conns, &pids).await else {
+                return;
+            };
+            let Some((d, p)) = step else {
                 continue;
             };
             let (mut cells, mut data, ratio) = Self::flow_cells(&d, &p);
