@@ -615,43 +615,14 @@ impl Bench {
                 if failed {
                     continue;
                 }
-                let us = |v: &[Percentiles], f: fn(&Percentiles) -> u64| -> Vec<f64> {
-                    v.iter().map(|p| f(p) as f64 / 1000.0).collect()
-                };
-                let [d, p] = &runs;
-                let (d50, d99, d999) = (us(d, |x| x.p50), us(d, |x| x.p99), us(d, |x| x.p999));
-                let (p50, p99, p999) = (us(p, |x| x.p50), us(p, |x| x.p99), us(p, |x| x.p999));
-                let r50 = paired_ratios(&p50, &d50);
-                let r99 = paired_ratios(&p99, &d99);
+                let (cells, mut data, r50, r99) = latency_row(&name, load, &runs, "proxy_us");
                 if case < default_threads && exchange == Exchange::Query {
                     self.found.query.push((load, r50, r99));
                 } else if case < default_threads && exchange == Exchange::PingPong(1) {
                     self.found.ping_pong_1.push((load, r50));
                 }
-                let med =
-                    |v: &[f64]| Spread::of(v).map_or("-".into(), |s| format!("{:.1}", s.median));
-                s.row(
-                    vec![
-                        name.clone(),
-                        load.into(),
-                        spread(Spread::of(&p50), 1),
-                        med(&p99),
-                        med(&p999),
-                        spread(Spread::of(&d50), 1),
-                        med(&d99),
-                        med(&d999),
-                        factor(r50),
-                        factor(r99),
-                    ],
-                    json!({
-                        "exchange": name, "kind": format!("{exchange:?}"), "other_core": load,
-                        "proxy_us": { "p50": runs_json(&p50), "p99": runs_json(&p99), "p999": runs_json(&p999),
-                                      "samples": p.iter().map(|x| x.samples).collect::<Vec<_>>() },
-                        "direct_us": { "p50": runs_json(&d50), "p99": runs_json(&d99), "p999": runs_json(&d999),
-                                       "samples": d.iter().map(|x| x.samples).collect::<Vec<_>>() },
-                        "ratio_p50": r50, "ratio_p99": r99,
-                    }),
-                );
+                data["kind"] = json!(format!("{exchange:?}"));
+                s.row(cells, data);
             }
         }
         self.report.proxy_warnings.extend(single.warnings());
@@ -1230,38 +1201,9 @@ impl Bench {
                 }
             }
         }
-        let us = |v: &[Percentiles], f: fn(&Percentiles) -> u64| -> Vec<f64> {
-            v.iter().map(|p| f(p) as f64 / 1000.0).collect()
-        };
-        let [d, p] = &runs;
-        let (d50, d99, d999) = (us(d, |x| x.p50), us(d, |x| x.p99), us(d, |x| x.p999));
-        let (p50, p99, p999) = (us(p, |x| x.p50), us(p, |x| x.p99), us(p, |x| x.p999));
-        let r50 = paired_ratios(&p50, &d50);
-        let r99 = paired_ratios(&p99, &d99);
+        let (cells, data, r50, _) = latency_row("ping-pong, 1 conn", "idle", &runs, "worker_us");
         self.found.pg_ping_pong = Some(r50);
-        let med = |v: &[f64]| Spread::of(v).map_or("-".into(), |s| format!("{:.1}", s.median));
-        s.row(
-            vec![
-                "ping-pong, 1 conn".into(),
-                "idle".into(),
-                spread(Spread::of(&p50), 1),
-                med(&p99),
-                med(&p999),
-                spread(Spread::of(&d50), 1),
-                med(&d99),
-                med(&d999),
-                factor(r50),
-                factor(r99),
-            ],
-            json!({
-                "exchange": "ping-pong, 1 conn", "other_core": "idle",
-                "worker_us": { "p50": runs_json(&p50), "p99": runs_json(&p99), "p999": runs_json(&p999),
-                               "samples": p.iter().map(|x| x.samples).collect::<Vec<_>>() },
-                "direct_us": { "p50": runs_json(&d50), "p99": runs_json(&d99), "p999": runs_json(&d999),
-                               "samples": d.iter().map(|x| x.samples).collect::<Vec<_>>() },
-                "ratio_p50": r50, "ratio_p99": r99,
-            }),
-        );
+        s.row(cells, data);
         self.emit(s);
     }
 
@@ -1444,4 +1386,50 @@ pub(crate) async fn settled_rss_each(pids: &[u32]) -> Vec<u64> {
         v.push(memory::settled_rss(*p, Duration::from_millis(500), Duration::from_secs(5)).await);
     }
     v
+}
+
+/// One row of a round-trip table, direct (`runs[0]`) beside the proxies
+/// (`runs[1]`, named `through` in the JSON): its cells, its JSON, and the
+/// p50 and p99 ratios.
+fn latency_row(
+    name: &str,
+    load: &str,
+    runs: &[Vec<Percentiles>; 2],
+    through: &str,
+) -> (
+    Vec<String>,
+    serde_json::Value,
+    Option<Spread>,
+    Option<Spread>,
+) {
+    let us = |v: &[Percentiles], f: fn(&Percentiles) -> u64| -> Vec<f64> {
+        v.iter().map(|p| f(p) as f64 / 1000.0).collect()
+    };
+    let [d, p] = runs;
+    let (d50, d99, d999) = (us(d, |x| x.p50), us(d, |x| x.p99), us(d, |x| x.p999));
+    let (p50, p99, p999) = (us(p, |x| x.p50), us(p, |x| x.p99), us(p, |x| x.p999));
+    let r50 = paired_ratios(&p50, &d50);
+    let r99 = paired_ratios(&p99, &d99);
+    let med = |v: &[f64]| Spread::of(v).map_or("-".into(), |s| format!("{:.1}", s.median));
+    let cells = vec![
+        name.to_string(),
+        load.to_string(),
+        spread(Spread::of(&p50), 1),
+        med(&p99),
+        med(&p999),
+        spread(Spread::of(&d50), 1),
+        med(&d99),
+        med(&d999),
+        factor(r50),
+        factor(r99),
+    ];
+    let mut data = json!({
+        "exchange": name, "other_core": load,
+        "direct_us": { "p50": runs_json(&d50), "p99": runs_json(&d99), "p999": runs_json(&d999),
+                       "samples": d.iter().map(|x| x.samples).collect::<Vec<_>>() },
+        "ratio_p50": r50, "ratio_p99": r99,
+    });
+    data[through] = json!({ "p50": runs_json(&p50), "p99": runs_json(&p99), "p999": runs_json(&p999),
+                            "samples": p.iter().map(|x| x.samples).collect::<Vec<_>>() });
+    (cells, data, r50, r99)
 }
