@@ -6,13 +6,12 @@
 
 use std::fmt;
 use std::future::Future;
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use ic_proxy_client::{ClientError, LogicalConn, RecvHalf, RecvItem};
-use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
 use crate::args::{ConnArgs, RecvArgs};
@@ -212,21 +211,45 @@ fn read_stdin() -> mpsc::Receiver<io::Result<Bytes>> {
     rx
 }
 
+/// Payloads that may wait for stdout: bounds memory when stdout is slow.
+const STDOUT_QUEUE: usize = 64;
+
+/// Stdout on a thread of its own, buffered: each payload is written as it
+/// comes, and the buffer is flushed whenever no further payload is waiting,
+/// so output is prompt without a write (and a thread hand-off) per packet.
+fn write_stdout() -> (
+    mpsc::Sender<Bytes>,
+    tokio::task::JoinHandle<io::Result<()>>,
+) {
+    let (tx, mut rx) = mpsc::channel::<Bytes>(STDOUT_QUEUE);
+    let writer = tokio::task::spawn_blocking(move || {
+        let mut out = io::BufWriter::with_capacity(256 * 1024, io::stdout().lock());
+        while let Some(first) = rx.blocking_recv() {
+            out.write_all(&first)?;
+            while let Ok(more) = rx.try_recv() {
+                out.write_all(&more)?;
+            }
+            out.flush()?;
+        }
+        Ok(())
+    });
+    (tx, writer)
+}
+
 async fn recv_stdout(args: RecvArgs) -> Result<(), BackendError> {
     let conn = &args.conn;
     let mut conn = LogicalConn::connect(&conn.socket_path(), conn.spec(), &conn.options()).await?;
-    let mut stdout = tokio::io::stdout();
+    let (stdout, written) = write_stdout();
     let (mut packets, mut bytes) = (0u64, 0u64);
     loop {
         match conn.recv().await? {
             RecvItem::Packet(payload) => {
-                stdout
-                    .write_all(&payload)
-                    .await
-                    .map_err(BackendError::Stdout)?;
-                stdout.flush().await.map_err(BackendError::Stdout)?;
                 packets += 1;
                 bytes += payload.len() as u64;
+                if stdout.send(payload).await.is_err() {
+                    // The writer stopped: its error is below.
+                    break;
+                }
             }
             // Receivers send STOP, senders do not; nothing to do but wait
             // for the BYE behind it.
@@ -234,6 +257,11 @@ async fn recv_stdout(args: RecvArgs) -> Result<(), BackendError> {
             RecvItem::Eof => break,
         }
     }
+    drop(stdout);
+    written
+        .await
+        .map_err(|e| BackendError::Stdout(io::Error::other(e)))?
+        .map_err(BackendError::Stdout)?;
     conn.finish().await?;
     if args.count {
         eprintln!(
