@@ -217,10 +217,7 @@ const STDOUT_QUEUE: usize = 64;
 /// Stdout on a thread of its own, buffered: each payload is written as it
 /// comes, and the buffer is flushed whenever no further payload is waiting,
 /// so output is prompt without a write (and a thread hand-off) per packet.
-fn write_stdout() -> (
-    mpsc::Sender<Bytes>,
-    tokio::task::JoinHandle<io::Result<()>>,
-) {
+fn write_stdout() -> (mpsc::Sender<Bytes>, tokio::task::JoinHandle<io::Result<()>>) {
     let (tx, mut rx) = mpsc::channel::<Bytes>(STDOUT_QUEUE);
     let writer = tokio::task::spawn_blocking(move || {
         let mut out = io::BufWriter::with_capacity(256 * 1024, io::stdout().lock());
