@@ -116,7 +116,7 @@ struct Args {
     #[arg(long, value_name = "N")]
     bench_threads: Option<usize>,
     /// Profiling mode: start two proxies, write their pids (sender, receiver) to --pids-file,
-    /// wait a second, then run 8 KB packets on --profile-conns connections for SECS seconds
+    /// then run 8 KB packets on --profile-conns connections for SECS seconds
     #[arg(long, value_name = "SECS", requires = "pids_file")]
     profile_load: Option<f64>,
     #[arg(long, value_name = "N", default_value_t = 16)]
@@ -400,7 +400,9 @@ async fn bench_main(args: Args, nofile: u64) -> ExitCode {
 }
 
 /// The load `perf` samples: two proxies, 8 KB packets on `conns` logical
-/// connections for `secs`. The pids go to `pids_file` a second before.
+/// connections for `secs`. The pids go to `pids_file` as the load starts;
+/// the profiler, started on them, samples a window inside it (`bench.sh
+/// --profile` runs the load 2 s longer than it records).
 async fn profile_load(
     bin: &Path,
     secs: f64,
@@ -420,7 +422,6 @@ async fn profile_load(
         eprintln!("ic-proxy-bench: cannot write {}: {e}", pids_file.display());
         return ExitCode::FAILURE;
     }
-    tokio::time::sleep(Duration::from_secs(1)).await;
     if ping_pong {
         let ep = Endpoints::Proxy {
             a: pair.end(0),

@@ -121,6 +121,29 @@ pub async fn read_until_closed<R: AsyncReadExt + Unpin>(r: &mut R) -> Result<usi
         .map_err(|_| "the proxy kept the connection open".into())
 }
 
+/// Writes `hello` one byte every 100 ms, slower than any handshake timeout
+/// of the catalogue, and returns once the proxy has closed the connection;
+/// fails the test if the whole hello went through or nothing closes it.
+pub async fn trickle_until_dropped<R, W>(rd: &mut R, wr: &mut W, hello: &[u8])
+where
+    R: AsyncReadExt + Unpin,
+    W: AsyncWriteExt + Unpin,
+{
+    let trickle = async {
+        for b in hello {
+            if wr.write_all(&[*b]).await.is_err() {
+                // Refused: the read side tells.
+                std::future::pending::<()>().await;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    tokio::select! {
+        _ = trickle => panic!("the whole hello went through"),
+        r = read_until_closed(rd) => { r.expect("dropped at the timeout"); }
+    }
+}
+
 /// A fake proxy that linked itself to a real one by PEER HELLO and now says
 /// what a test wants.
 pub struct FakePeer {

@@ -318,19 +318,7 @@ hostile!(peer_port_trickle_slower_than_the_handshake_timeout, |c| {
     let mut s = connect_peer_port(c.proxy(1)).await;
     let hello = peer_hello(C, fake_endpoint(), proxy_endpoint(c.proxy(1)));
     let (mut rd, mut wr) = s.split();
-    let trickle = async {
-        for b in &hello {
-            if wr.write_all(&[*b]).await.is_err() {
-                // Refused: the read side tells.
-                std::future::pending::<()>().await;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    };
-    tokio::select! {
-        _ = trickle => panic!("the whole PEER HELLO went through"),
-        r = read_until_closed(&mut rd) => { r.expect("dropped at the timeout"); }
-    }
+    trickle_until_dropped(&mut rd, &mut wr, &hello).await;
     c.wait_delta(1, rejected, 1).await;
     c.wait_log(&["no PEER HELLO in time"]).await;
     assert_ne!(
@@ -693,19 +681,7 @@ hostile!(unix_trickle_slower_than_the_handshake_timeout, |c| {
     let s = UnixStream::connect(&c.proxy(1).socket).await.unwrap();
     let hello = hello_bytes(&c, 1);
     let (mut rd, mut wr) = s.into_split();
-    let trickle = async {
-        for b in &hello {
-            if wr.write_all(&[*b]).await.is_err() {
-                // Refused: the read side tells.
-                std::future::pending::<()>().await;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    };
-    tokio::select! {
-        _ = trickle => panic!("the whole HELLO went through"),
-        r = read_until_closed(&mut rd) => { r.expect("dropped at the timeout"); }
-    }
+    trickle_until_dropped(&mut rd, &mut wr, &hello).await;
     c.wait_delta(1, rejected, 1).await;
     c.wait_log(&["no HELLO in time"]).await;
 });
