@@ -255,7 +255,7 @@ async fn read_backend(
         routes: RouteCache::default(),
     };
     let mut runs = Vec::new();
-    loop {
+    'read: loop {
         // Flow control: a paused sender is not read until DATA_ACKs come back.
         while shared.is_paused() && !shared.stop_reading.is_cancelled() {
             tokio::select! {
@@ -298,18 +298,13 @@ async fn read_backend(
         if !runs.is_empty() {
             shared.on_sent(runs.len() as u32);
         }
-        let mut stopped = false;
         for &len in &runs {
             if !out
                 .send_data(buf.split_to(len).freeze(), &shared.stop_reading)
                 .await
             {
-                stopped = true;
-                break;
+                break 'read;
             }
-        }
-        if stopped {
-            break;
         }
         if let Err(e) = framed {
             ctx.status
@@ -379,10 +374,9 @@ async fn write_backend(ctx: &Ctx, shared: &SessionShared, target: &Target, mut w
                 break;
             }
             out.clear();
-            if shared.inbox.is_empty() {
+            if shared.inbox.release_if_empty() {
                 // Nothing more to write: an idle session keeps no buffer.
                 out = Vec::new();
-                shared.inbox.release_if_empty();
             }
         } else {
             // Empty DATA packets: nothing to write, their cost to release.

@@ -58,16 +58,17 @@ impl Inbox {
         }
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.lock().is_empty()
-    }
-
-    /// Gives back the queue's memory if it is empty (after a burst).
-    pub fn release_if_empty(&self) {
+    /// True if nothing waits; then the queue's memory (grown by a burst)
+    /// is given back too.
+    pub fn release_if_empty(&self) -> bool {
         let mut q = self.lock();
-        if q.is_empty() && q.capacity() > 0 {
+        if !q.is_empty() {
+            return false;
+        }
+        if q.capacity() > 0 {
             *q = VecDeque::new();
         }
+        true
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Delivery>> {
