@@ -4,6 +4,7 @@
 //! replace a working map.
 
 use std::process::ExitCode;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -64,6 +65,20 @@ pub fn run_proxy(args: RunArgs) -> ExitCode {
         }
     }
 
+    // Every link and logical connection holds a descriptor: raise the soft
+    // limit before the runtime's threads exist, so they all have it.
+    let fd_limits = match ic_proxy_core::fd_limit::raise_nofile() {
+        Ok(l) => {
+            log::info!("ic-proxy: open files limit {l}");
+            l
+        }
+        Err(e) => {
+            let l = ic_proxy_core::fd_limit::nofile();
+            log::warn!("ic-proxy: cannot raise the open files limit: {e}; it stays at {l}");
+            l
+        }
+    };
+
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(usize::from(args.threads))
         .thread_name("ic-proxy-worker")
@@ -76,7 +91,7 @@ pub fn run_proxy(args: RunArgs) -> ExitCode {
             return ExitCode::from(EXIT_FAILURE);
         }
     };
-    let code = runtime.block_on(serve(settings, config, source));
+    let code = runtime.block_on(serve(settings, config, source, fd_limits));
     runtime.shutdown_timeout(RUNTIME_GRACE);
     code
 }
@@ -97,7 +112,12 @@ impl Signals {
     }
 }
 
-async fn serve(settings: ProxySettings, config: RuntimeConfig, source: MapSource) -> ExitCode {
+async fn serve(
+    settings: ProxySettings,
+    config: RuntimeConfig,
+    source: MapSource,
+    fd_limits: ic_proxy_core::fd_limit::FdLimits,
+) -> ExitCode {
     // Before the socket exists, so nobody can signal a proxy that would
     // still die of the default action.
     let mut signals = match Signals::install() {
@@ -117,6 +137,8 @@ async fn serve(settings: ProxySettings, config: RuntimeConfig, source: MapSource
     let (config_tx, config_rx) = watch::channel(Arc::new(config));
     let shutdown = CancellationToken::new();
     let status = StatusBoard::new();
+    status.counters.fd_soft_limit.store(fd_limits.soft, Relaxed);
+    status.counters.fd_hard_limit.store(fd_limits.hard, Relaxed);
     let mut proxy = tokio::spawn(run(
         settings,
         config_rx,

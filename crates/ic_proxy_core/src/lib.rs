@@ -6,6 +6,7 @@
 pub mod auth;
 pub mod cache;
 pub mod config;
+pub mod fd_limit;
 pub mod flow;
 pub mod protocol;
 pub mod settings;

@@ -239,6 +239,10 @@ pub struct ProxyCounters {
     pub flow_violations: AtomicU64,
     /// Peer links refused because authentication failed.
     pub auth_failures: AtomicU64,
+    /// RLIMIT_NOFILE of the hosting process after the shell raised it
+    /// (`fd_limit::raise_nofile`); 0 until the shell sets them.
+    pub fd_soft_limit: AtomicU64,
+    pub fd_hard_limit: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -264,6 +268,8 @@ pub struct StatusSnapshot {
     pub dropped_packets: u64,
     pub flow_violations: u64,
     pub auth_failures: u64,
+    pub fd_soft_limit: u64,
+    pub fd_hard_limit: u64,
     pub peers: Vec<PeerSnapshot>,
 }
 
@@ -305,6 +311,8 @@ impl StatusBoard {
             dropped_packets: c.dropped_packets.load(Relaxed),
             flow_violations: c.flow_violations.load(Relaxed),
             auth_failures: c.auth_failures.load(Relaxed),
+            fd_soft_limit: c.fd_soft_limit.load(Relaxed),
+            fd_hard_limit: c.fd_hard_limit.load(Relaxed),
             peers: self
                 .peers
                 .read()
