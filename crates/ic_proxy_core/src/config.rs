@@ -18,6 +18,17 @@ const FORMAT_HINT: &str =
     "Write each entry as dbid:content:host:port, for example 1:-1:cdw:7000,2:0:sdw1:7002.";
 const IPV6_HINT: &str = "Write an IPv6 address in brackets, e.g. 3:1:[fe80::1]:7003.";
 
+/// gp_segment_configuration keeps dbid and content in smallint columns.
+pub const MAX_DBID: u16 = 32767;
+pub const MIN_CONTENT: i16 = -1;
+/// DNS limits (RFC 1035): a name of at most 253 characters, not counting
+/// one trailing dot, in labels of at most 63.
+pub const MAX_HOST_NAME_LEN: usize = 253;
+pub const MAX_HOST_LABEL_LEN: usize = 63;
+/// Problem texts quote at most this many characters of an entry, a host or
+/// a value, so a megabyte of bad input gives a line, not a megabyte.
+pub const MAX_QUOTED_CHARS: usize = 64;
+
 /// One instance's proxy address: an entry of the map.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct PeerAddr {
@@ -200,7 +211,8 @@ pub struct MapProblem {
     /// 1-based entry index; 0 means the whole value.
     pub position: usize,
     /// The entry as written, without surrounding whitespace (the whole
-    /// value when `position` is 0).
+    /// value when `position` is 0). Kept whole; [`MapProblem::message`]
+    /// quotes at most [`MAX_QUOTED_CHARS`] characters of it.
     pub entry: String,
     pub kind: ProblemKind,
 }
@@ -258,6 +270,18 @@ pub enum ProblemKind {
     BadHost {
         host: String,
     },
+    /// A host name longer than [`MAX_HOST_NAME_LEN`] (one trailing dot
+    /// not counted); `length` is in characters.
+    HostNameTooLong {
+        host: String,
+        length: usize,
+    },
+    /// A dot-separated label of a host name longer than
+    /// [`MAX_HOST_LABEL_LEN`]; `label` is the first such label.
+    HostLabelTooLong {
+        host: String,
+        label: String,
+    },
     /// Only digits and dots, but not a dotted-quad IPv4 address.
     BadIpv4 {
         host: String,
@@ -274,7 +298,8 @@ pub enum ProblemKind {
         dbid: u16,
         first_position: usize,
     },
-    /// Same host (names compared case-insensitively, IPv6 by value) and port.
+    /// Same host (names compared case-insensitively and without a trailing
+    /// dot, IPv6 by value) and port.
     DuplicateHostPort {
         host: String,
         port: u16,
@@ -296,28 +321,52 @@ impl ProblemKind {
                 format!("{field} is empty")
             }
             ProblemKind::NotANumber { field, text } => {
-                format!("{field} {text:?} is not a number")
+                format!("{field} {:?} is not a number", clip(text))
             }
             ProblemKind::DbidOutOfRange { value } => {
-                format!("dbid {value} is outside 1..65535")
+                format!("dbid {} is outside 1..{MAX_DBID}", clip(value))
             }
             ProblemKind::ContentOutOfRange { value } => {
-                format!("content {value} is outside -1..32767")
+                format!(
+                    "content {} is outside {MIN_CONTENT}..{}",
+                    clip(value),
+                    i16::MAX
+                )
             }
             ProblemKind::PortOutOfRange { value } => {
-                format!("port {value} is outside 1..65535")
+                format!("port {} is outside 1..65535", clip(value))
             }
             ProblemKind::EmptyHost => "host is empty".to_string(),
             ProblemKind::BadHost { host } => match host.chars().find(|&c| !is_host_name_char(c)) {
-                Some(c) => format!("host {host:?} is not a valid host name: {c:?} is not allowed"),
-                None => format!("host {host:?} is not a valid host name"),
+                Some(c) => format!(
+                    "host {:?} is not a valid host name: {c:?} is not allowed",
+                    clip(host)
+                ),
+                None => format!("host {:?} is not a valid host name", clip(host)),
             },
-            ProblemKind::BadIpv4 { host } => format!("host {host:?} is not a valid IPv4 address"),
+            ProblemKind::HostNameTooLong { host, length } => format!(
+                "host {:?} is not a valid host name: {length} characters, \
+                 at most {MAX_HOST_NAME_LEN} are allowed",
+                clip(host)
+            ),
+            ProblemKind::HostLabelTooLong { host, label } => format!(
+                "host {:?} is not a valid host name: label {:?} has {} characters, \
+                 at most {MAX_HOST_LABEL_LEN} are allowed",
+                clip(host),
+                clip(label),
+                label.chars().count()
+            ),
+            ProblemKind::BadIpv4 { host } => {
+                format!("host {:?} is not a valid IPv4 address", clip(host))
+            }
             ProblemKind::BadIpv6 { host } => {
-                format!("host {:?} is not a valid IPv6 address", format!("[{host}]"))
+                format!(
+                    "host {:?} is not a valid IPv6 address",
+                    clip(&format!("[{host}]"))
+                )
             }
             ProblemKind::UnbracketedIpv6 { host } => {
-                format!("IPv6 address {host:?} must be written in brackets")
+                format!("IPv6 address {:?} must be written in brackets", clip(host))
             }
             ProblemKind::DuplicateDbid {
                 dbid,
@@ -329,7 +378,7 @@ impl ProblemKind {
                 first_position,
             } => format!(
                 "{}:{port} appears twice (first in entry {first_position})",
-                bracketed(host)
+                clip(&bracketed(host))
             ),
         }
     }
@@ -362,7 +411,7 @@ impl ProblemKind {
                 ..
             } => "Write the port in decimal digits, without '+' or spaces, e.g. 2:0:sdw1:7002.",
             ProblemKind::DbidOutOfRange { .. } => {
-                "Take the dbid from gp_segment_configuration; dbids run from 1 to 65535."
+                "Take the dbid from gp_segment_configuration; dbids run from 1 to 32767."
             }
             ProblemKind::ContentOutOfRange { .. } => {
                 "Take the content from gp_segment_configuration: -1 for the coordinator \
@@ -378,6 +427,13 @@ impl ProblemKind {
             ProblemKind::BadHost { .. } => {
                 "Write the host as a name of letters, digits, '-', '.' and '_', a dotted \
                  IPv4 address, or an IPv6 address in brackets such as [fe80::1]."
+            }
+            ProblemKind::HostNameTooLong { .. } => {
+                "Use a host name of at most 253 characters, or the instance's IP address."
+            }
+            ProblemKind::HostLabelTooLong { .. } => {
+                "Keep each dot-separated part of a host name to at most 63 characters, \
+                 or use the instance's IP address."
             }
             ProblemKind::BadIpv4 { .. } => {
                 "Write an IPv4 address as four numbers 0..255 separated by dots, e.g. 10.0.0.5."
@@ -407,7 +463,7 @@ impl MapProblem {
             _ => format!(
                 "entry {} {:?}: {}",
                 self.position,
-                self.entry,
+                clip(&self.entry),
                 self.kind.detail()
             ),
         }
@@ -454,6 +510,18 @@ fn summarize(problems: &[MapProblem]) -> String {
             if rest.len() == 1 { "" } else { "s" }
         ),
     }
+}
+
+/// `text` as quoted in a problem: whole up to [`MAX_QUOTED_CHARS`]
+/// characters, else its first ones and "..." within that many.
+fn clip(text: &str) -> Cow<'_, str> {
+    // Stops after MAX_QUOTED_CHARS + 1 characters, however long `text` is.
+    if text.char_indices().nth(MAX_QUOTED_CHARS).is_none() {
+        return Cow::Borrowed(text);
+    }
+    let keep = MAX_QUOTED_CHARS - "...".len();
+    let end = text.char_indices().nth(keep).map_or(text.len(), |(i, _)| i);
+    Cow::Owned(format!("{}...", &text[..end]))
 }
 
 /// Parses `s` into its valid entries and every problem found.
@@ -591,7 +659,7 @@ fn parse_integer(field: NumberField, text: &str) -> Result<Option<i64>, ProblemK
 
 fn parse_dbid(text: &str) -> Result<u16, ProblemKind> {
     parse_integer(NumberField::Dbid, text)?
-        .filter(|v| (1..=65535).contains(v))
+        .filter(|v| (1..=i64::from(MAX_DBID)).contains(v))
         .and_then(|v| u16::try_from(v).ok())
         .ok_or_else(|| ProblemKind::DbidOutOfRange {
             value: text.to_string(),
@@ -600,7 +668,7 @@ fn parse_dbid(text: &str) -> Result<u16, ProblemKind> {
 
 fn parse_content(text: &str) -> Result<i16, ProblemKind> {
     parse_integer(NumberField::Content, text)?
-        .filter(|v| (-1..=32767).contains(v))
+        .filter(|v| (i64::from(MIN_CONTENT)..=i64::from(i16::MAX)).contains(v))
         .and_then(|v| i16::try_from(v).ok())
         .ok_or_else(|| ProblemKind::ContentOutOfRange {
             value: text.to_string(),
@@ -644,13 +712,27 @@ fn check_unbracketed_host(host: &str) -> Result<(), ProblemKind> {
             }),
         };
     }
-    if host.chars().all(is_host_name_char) {
-        Ok(())
-    } else {
-        Err(ProblemKind::BadHost {
+    if !host.chars().all(is_host_name_char) {
+        return Err(ProblemKind::BadHost {
             host: host.to_string(),
-        })
+        });
     }
+    // Only ASCII from here on, so bytes are characters. A label is reported
+    // before the total, as the more precise of the two when both apply.
+    let name = host.strip_suffix('.').unwrap_or(host);
+    if let Some(label) = name.split('.').find(|l| l.len() > MAX_HOST_LABEL_LEN) {
+        return Err(ProblemKind::HostLabelTooLong {
+            host: host.to_string(),
+            label: label.to_string(),
+        });
+    }
+    if name.len() > MAX_HOST_NAME_LEN {
+        return Err(ProblemKind::HostNameTooLong {
+            host: host.to_string(),
+            length: name.len(),
+        });
+    }
+    Ok(())
 }
 
 fn is_host_name_char(c: char) -> bool {
@@ -660,12 +742,12 @@ fn is_host_name_char(c: char) -> bool {
 /// Range and host checks for an entry built in code (`from_entries`).
 fn validate_peer(peer: &PeerAddr) -> Vec<ProblemKind> {
     let mut problems = Vec::new();
-    if peer.dbid == 0 {
+    if peer.dbid == 0 || peer.dbid > MAX_DBID {
         problems.push(ProblemKind::DbidOutOfRange {
             value: peer.dbid.to_string(),
         });
     }
-    if peer.content < -1 {
+    if peer.content < MIN_CONTENT {
         problems.push(ProblemKind::ContentOutOfRange {
             value: peer.content.to_string(),
         });
@@ -727,11 +809,12 @@ impl Seen {
     }
 }
 
-/// Names compare case-insensitively; IPv6 by value (`::1` = `0::1`).
+/// Names compare case-insensitively and without their trailing dot
+/// (`SDW1`, `sdw1.` and `sdw1` are one host); IPv6 by value (`::1` = `0::1`).
 fn host_key(host: &str) -> String {
     match host.parse::<Ipv6Addr>() {
         Ok(v6) => v6.to_string(),
-        Err(_) => host.to_ascii_lowercase(),
+        Err(_) => host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase(),
     }
 }
 
@@ -947,8 +1030,13 @@ mod tests {
 
     #[test]
     fn dbid_out_of_range() {
+        // gp_segment_configuration.dbid is a smallint: 32768 and up would
+        // show as negative numbers in SQL.
         for (dbid, s) in [
             ("0", "0:-1:cdw:7000"),
+            ("32768", "32768:-1:cdw:7000"),
+            ("40000", "40000:-1:cdw:7000"),
+            ("65535", "65535:-1:cdw:7000"),
             ("65536", "65536:-1:cdw:7000"),
             ("-1", "-1:-1:cdw:7000"),
             (
@@ -959,22 +1047,50 @@ mod tests {
             assert_one(
                 s,
                 1,
-                &format!("entry 1 {s:?}: dbid {dbid} is outside 1..65535"),
+                &format!("entry 1 {s:?}: dbid {dbid} is outside 1..32767"),
                 ProblemKind::DbidOutOfRange {
                     value: dbid.to_string(),
                 },
             );
         }
         assert_eq!(
-            only_problem("0:-1:cdw:7000").hint(),
-            "Take the dbid from gp_segment_configuration; dbids run from 1 to 65535."
+            only_problem("40000:-1:cdw:7000").message(),
+            r#"entry 1 "40000:-1:cdw:7000": dbid 40000 is outside 1..32767"#
         );
-        assert!(AddressMap::check("65535:-1:cdw:7000").is_empty());
+        assert_eq!(
+            only_problem("0:-1:cdw:7000").hint(),
+            "Take the dbid from gp_segment_configuration; dbids run from 1 to 32767."
+        );
+        assert!(AddressMap::check("32767:-1:cdw:7000").is_empty());
+        assert!(AddressMap::check("1:-1:cdw:7000").is_empty());
+    }
+
+    #[test]
+    fn from_entries_refuses_dbids_beyond_smallint() {
+        let err = AddressMap::from_entries(vec![
+            peer(32767, 0, "sdw1", 7002),
+            peer(32768, 0, "sdw1", 7003),
+            peer(65535, 0, "sdw1", 7004),
+        ])
+        .unwrap_err();
+        let got: Vec<String> = err.problems.iter().map(MapProblem::message).collect();
+        assert_eq!(
+            got,
+            [
+                r#"entry 2 "32768:0:sdw1:7003": dbid 32768 is outside 1..32767"#,
+                r#"entry 3 "65535:0:sdw1:7004": dbid 65535 is outside 1..32767"#,
+            ]
+        );
     }
 
     #[test]
     fn content_out_of_range() {
-        for (content, s) in [("-2", "1:-2:cdw:7000"), ("32768", "1:32768:cdw:7000")] {
+        for (content, s) in [
+            ("-2", "1:-2:cdw:7000"),
+            ("32768", "1:32768:cdw:7000"),
+            ("-32769", "1:-32769:cdw:7000"),
+            ("65535", "1:65535:cdw:7000"),
+        ] {
             assert_one(
                 s,
                 1,
@@ -990,6 +1106,7 @@ mod tests {
              and standby, 0 and up for segments."
         );
         assert!(AddressMap::check("1:32767:cdw:7000").is_empty());
+        assert!(AddressMap::check("1:-1:cdw:7000").is_empty());
     }
 
     #[test]
@@ -1053,6 +1170,192 @@ mod tests {
             only_problem("1:-1:c dw:7000").hint(),
             "Write the host as a name of letters, digits, '-', '.' and '_', a dotted \
              IPv4 address, or an IPv6 address in brackets such as [fe80::1]."
+        );
+    }
+
+    #[test]
+    fn host_name_of_253_characters_is_the_longest() {
+        // Four labels of 63 characters joined by dots: 255 characters.
+        let label = "a".repeat(63);
+        let long = [label.as_str(); 4].join(".");
+        assert_eq!(long.len(), 255);
+        let at_limit = &long[..253];
+        assert!(AddressMap::check(&format!("1:-1:{at_limit}:7000")).is_empty());
+        // One trailing dot is not counted.
+        assert!(AddressMap::check(&format!("1:-1:{at_limit}.:7000")).is_empty());
+
+        let too_long = &long[..254];
+        let s = format!("1:-1:{too_long}:7000");
+        let quoted_entry = format!("1:-1:{}...", &label[..56]);
+        let quoted_host = format!("{}...", &label[..61]);
+        assert_one(
+            &s,
+            1,
+            &format!(
+                "entry 1 {quoted_entry:?}: host {quoted_host:?} is not a valid host name: \
+                 254 characters, at most 253 are allowed"
+            ),
+            ProblemKind::HostNameTooLong {
+                host: too_long.to_string(),
+                length: 254,
+            },
+        );
+        assert_eq!(
+            only_problem(&s).hint(),
+            "Use a host name of at most 253 characters, or the instance's IP address."
+        );
+    }
+
+    #[test]
+    fn host_label_of_63_characters_is_the_longest() {
+        let label63 = "b".repeat(63);
+        assert!(AddressMap::check(&format!("1:-1:{label63}.example.com:7000")).is_empty());
+
+        let host = format!("sdw1.{}.example.com", "b".repeat(64));
+        let s = format!("1:-1:{host}:7000");
+        assert_one(
+            &s,
+            1,
+            &format!(
+                "entry 1 \"1:-1:sdw1.{}...\": host \"sdw1.{}...\" is not a valid host name: \
+                 label \"{}\" has 64 characters, at most 63 are allowed",
+                "b".repeat(51),
+                "b".repeat(56),
+                "b".repeat(64),
+            ),
+            ProblemKind::HostLabelTooLong {
+                host: host.clone(),
+                label: "b".repeat(64),
+            },
+        );
+        assert_eq!(
+            only_problem(&s).hint(),
+            "Keep each dot-separated part of a host name to at most 63 characters, \
+             or use the instance's IP address."
+        );
+
+        // A 300-character label is also more than 253 in all: the label is
+        // named, being the more precise problem.
+        let s = format!("1:-1:{}:7000", "c".repeat(300));
+        assert_eq!(
+            only_problem(&s).message(),
+            format!(
+                "entry 1 \"1:-1:{c56}...\": host \"{c61}...\" is not a valid host name: \
+                 label \"{c61}...\" has 300 characters, at most 63 are allowed",
+                c56 = "c".repeat(56),
+                c61 = "c".repeat(61),
+            )
+        );
+        // The last label counts too, and a trailing dot is no empty label.
+        let s = format!("1:-1:sdw1.{}.:7000", "d".repeat(64));
+        assert!(matches!(
+            only_problem(&s).kind,
+            ProblemKind::HostLabelTooLong { ref label, .. } if label.len() == 64
+        ));
+    }
+
+    #[test]
+    fn length_limits_do_not_apply_to_addresses() {
+        // Bracketed IPv6 is not a host name; IPv4 is never that long anyway.
+        assert!(AddressMap::check(
+            "1:-1:[0000:0000:0000:0000:0000:ffff:255.255.255.255]:7000,2:0:10.0.0.5:7000"
+        )
+        .is_empty());
+        // Characters are checked before lengths.
+        let s = format!("1:-1:{} x:7000", "e".repeat(300));
+        assert!(matches!(only_problem(&s).kind, ProblemKind::BadHost { .. }));
+    }
+
+    #[test]
+    fn from_entries_checks_host_lengths() {
+        let err = AddressMap::from_entries(vec![
+            peer(1, -1, &"f".repeat(64), 7000),
+            peer(2, 0, &vec!["g".repeat(50); 6].join("."), 7002),
+        ])
+        .unwrap_err();
+        let kinds: Vec<&ProblemKind> = err.problems.iter().map(|p| &p.kind).collect();
+        assert!(
+            matches!(
+                kinds[..],
+                [
+                    ProblemKind::HostLabelTooLong { .. },
+                    ProblemKind::HostNameTooLong { length: 305, .. }
+                ]
+            ),
+            "{kinds:?}"
+        );
+    }
+
+    #[test]
+    fn long_text_is_quoted_to_64_characters() {
+        assert_eq!(clip(""), "");
+        let exact = "h".repeat(64);
+        assert_eq!(clip(&exact), exact);
+        let over = "h".repeat(65);
+        assert_eq!(clip(&over), format!("{}...", "h".repeat(61)));
+        assert_eq!(clip(&over).chars().count(), 64);
+        // Characters, not bytes: never cut inside a UTF-8 sequence.
+        let wide = "é".repeat(100);
+        assert_eq!(clip(&wide), format!("{}...", "é".repeat(61)));
+
+        // A megabyte of bad entry gives a short message, every quote clipped,
+        // while the problem keeps the entry whole.
+        let garbage = "x".repeat(1 << 20);
+        let s = format!("1:{garbage}:{garbage} {garbage}:{garbage}");
+        let problems = AddressMap::check(&s);
+        let x59 = "x".repeat(59);
+        let x61 = "x".repeat(61);
+        let got: Vec<String> = problems.iter().map(MapProblem::message).collect();
+        assert_eq!(
+            got,
+            [
+                format!(r#"entry 1 "1:{x59}...": content "{x61}..." is not a number"#),
+                format!(
+                    r#"entry 1 "1:{x59}...": host "{x61}..." is not a valid host name: ' ' is not allowed"#
+                ),
+                format!(r#"entry 1 "1:{x59}...": port "{x61}..." is not a number"#),
+            ]
+        );
+        assert!(problems.iter().all(|p| p.entry == s));
+        let err = AddressMap::parse(&s).unwrap_err();
+        assert!(err.to_string().len() < 200, "{err}");
+
+        // Digits too long for any integer, and a long unbracketed IPv6 host.
+        let digits = "9".repeat(1000);
+        assert_eq!(
+            only_problem(&format!("{digits}:-1:cdw:7000")).message(),
+            format!(
+                r#"entry 1 "{}...": dbid {}... is outside 1..32767"#,
+                "9".repeat(61),
+                "9".repeat(61)
+            )
+        );
+        assert_eq!(
+            only_problem(&format!("1:{digits}:cdw:7000")).message(),
+            format!(
+                r#"entry 1 "1:{}...": content {}... is outside -1..32767"#,
+                "9".repeat(59),
+                "9".repeat(61)
+            )
+        );
+        let v6 = format!("fe80:{}:1", ":0".repeat(40));
+        let message = only_problem(&format!("3:1:[{v6}]:7003")).message();
+        assert!(
+            message.ends_with(r#"..." is not a valid IPv6 address"#),
+            "{message}"
+        );
+        assert!(
+            message.len() <= 2 * (MAX_QUOTED_CHARS + 2) + 70,
+            "{message}"
+        );
+        let message = only_problem(&format!("3:1:{}:7003", "9".repeat(100))).message();
+        assert_eq!(
+            message,
+            format!(
+                r#"entry 1 "3:1:{}...": host "{}..." is not a valid IPv4 address"#,
+                "9".repeat(57),
+                "9".repeat(61)
+            )
         );
     }
 
@@ -1127,7 +1430,7 @@ mod tests {
             vec![
                 (
                     1,
-                    r#"entry 1 "0:1:::1:99999": dbid 0 is outside 1..65535"#.to_string()
+                    r#"entry 1 "0:1:::1:99999": dbid 0 is outside 1..32767"#.to_string()
                 ),
                 (
                     1,
@@ -1204,6 +1507,55 @@ mod tests {
                 port: 7000,
                 first_position: 1,
             },
+        );
+        // Case and one trailing dot do not make another host.
+        for (s, host) in [
+            ("1:-1:sdw1:7002,2:0:SDW1:7002", "SDW1"),
+            ("1:-1:sdw1:7002,2:0:sdw1.:7002", "sdw1."),
+            (
+                "1:-1:Sdw1.Example.COM.:7002,2:0:sdw1.example.com:7002",
+                "sdw1.example.com",
+            ),
+        ] {
+            assert_one(
+                s,
+                2,
+                &format!(
+                    "entry 2 {:?}: {host}:7002 appears twice (first in entry 1)",
+                    s.split(',').nth(1).unwrap()
+                ),
+                ProblemKind::DuplicateHostPort {
+                    host: host.to_string(),
+                    port: 7002,
+                    first_position: 1,
+                },
+            );
+        }
+        assert_eq!(
+            messages("1:-1:SDW1:7002,2:0:sdw1.:7002,3:1:sdw1:7002"),
+            vec![
+                (
+                    2,
+                    r#"entry 2 "2:0:sdw1.:7002": sdw1.:7002 appears twice (first in entry 1)"#
+                        .to_string()
+                ),
+                (
+                    3,
+                    r#"entry 3 "3:1:sdw1:7002": sdw1:7002 appears twice (first in entry 1)"#
+                        .to_string()
+                ),
+            ]
+        );
+        // A name of 253 characters, duplicated: the host is clipped too.
+        let name = vec!["k".repeat(63); 4].join(".")[..253].to_string();
+        let problem = only_problem(&format!("1:-1:{name}:7000,2:0:{name}.:7000"));
+        assert_eq!(
+            problem.message(),
+            format!(
+                r#"entry 2 "2:0:{}...": {}...:7000 appears twice (first in entry 1)"#,
+                &name[..57],
+                &name[..61]
+            )
         );
         // Same host, other port, or same port, other host: fine.
         assert!(AddressMap::check("1:-1:sdw1:7000,2:0:sdw1:7001,3:1:sdw2:7000").is_empty());
@@ -1415,7 +1767,7 @@ mod tests {
         assert_eq!(
             got,
             vec![
-                (1, r#"entry 1 "0:-2:cdw:0": dbid 0 is outside 1..65535"#.to_string()),
+                (1, r#"entry 1 "0:-2:cdw:0": dbid 0 is outside 1..32767"#.to_string()),
                 (1, r#"entry 1 "0:-2:cdw:0": content -2 is outside -1..32767"#.to_string()),
                 (1, r#"entry 1 "0:-2:cdw:0": port 0 is outside 1..65535"#.to_string()),
                 (

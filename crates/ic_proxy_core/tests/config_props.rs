@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use ic_proxy_core::config::{AddressMap, MapProblem, PeerAddr};
+use ic_proxy_core::config::{AddressMap, MapProblem, PeerAddr, MAX_DBID, MAX_QUOTED_CHARS};
 use proptest::prelude::*;
 
 fn host() -> impl Strategy<Value = String> {
@@ -21,32 +21,42 @@ fn host() -> impl Strategy<Value = String> {
     ]
 }
 
-/// Same key as the duplicate check: names by lowercase, IPv6 by value.
+/// Same key as the duplicate check: names by lowercase without a trailing
+/// dot, IPv6 by value.
 fn endpoint_key(peer: &PeerAddr) -> (String, u16) {
     let host = match peer.host.parse::<Ipv6Addr>() {
         Ok(v6) => v6.to_string(),
-        Err(_) => peer.host.to_ascii_lowercase(),
+        Err(_) => peer
+            .host
+            .strip_suffix('.')
+            .unwrap_or(&peer.host)
+            .to_ascii_lowercase(),
     };
     (host, peer.port)
 }
 
-/// Valid entries: distinct dbids, distinct host:port, in shuffled order.
+/// Valid entries: distinct dbids (smallint, as in gp_segment_configuration),
+/// distinct host:port, in shuffled order.
 fn entries() -> impl Strategy<Value = Vec<PeerAddr>> {
-    prop::collection::btree_map(1u16..=65535, (-1i16..=32767, host(), 1u16..=65535), 0..24)
-        .prop_map(|by_dbid| {
-            let mut endpoints = HashSet::new();
-            by_dbid
-                .into_iter()
-                .map(|(dbid, (content, host, port))| PeerAddr {
-                    dbid,
-                    content,
-                    host,
-                    port,
-                })
-                .filter(|peer| endpoints.insert(endpoint_key(peer)))
-                .collect::<Vec<_>>()
-        })
-        .prop_shuffle()
+    prop::collection::btree_map(
+        1u16..=MAX_DBID,
+        (-1i16..=32767, host(), 1u16..=65535),
+        0..24,
+    )
+    .prop_map(|by_dbid| {
+        let mut endpoints = HashSet::new();
+        by_dbid
+            .into_iter()
+            .map(|(dbid, (content, host, port))| PeerAddr {
+                dbid,
+                content,
+                host,
+                port,
+            })
+            .filter(|peer| endpoints.insert(endpoint_key(peer)))
+            .collect::<Vec<_>>()
+    })
+    .prop_shuffle()
 }
 
 /// Writes entries the way a person might: spaces, tabs, a trailing comma.
@@ -77,7 +87,7 @@ fn assert_problems_consistent(s: &str) -> Result<(), TestCaseError> {
         prop_assert!(problem.position <= max_position);
         let message = problem.message();
         if problem.position == 0 {
-            prop_assert_eq!(message, "the value is wrapped in quotes");
+            prop_assert_eq!(message.as_str(), "the value is wrapped in quotes");
         } else {
             prop_assert!(
                 message.starts_with(&format!("entry {} ", problem.position)),
@@ -86,6 +96,14 @@ fn assert_problems_consistent(s: &str) -> Result<(), TestCaseError> {
             );
         }
         prop_assert!(!problem.hint().is_empty());
+        // Each quote is clipped: an entry quote, at most two more (host and
+        // label), the fixed text; every character escapes to at most 10.
+        prop_assert!(
+            message.chars().count() <= 3 * 10 * (MAX_QUOTED_CHARS + 2) + 200,
+            "{} characters: {}",
+            message.chars().count(),
+            message
+        );
     }
     match parsed {
         Ok(map) => prop_assert_eq!(AddressMap::parse(&map.to_string()).unwrap(), map),
@@ -172,6 +190,60 @@ mod config {
         #[test]
         fn near_valid_strings_never_panic(s in "[0-9a-fA-F:\\[\\],. \t'\"+_%-]{0,64}") {
             assert_problems_consistent(&s)?;
+        }
+
+        #[test]
+        fn dbids_beyond_smallint_are_refused(dbid in (u32::from(MAX_DBID) + 1)..=70000) {
+            let s = format!("{dbid}:0:sdw1:7002");
+            let problems = AddressMap::check(&s);
+            prop_assert_eq!(problems.len(), 1);
+            prop_assert_eq!(
+                problems[0].message(),
+                format!("entry 1 {s:?}: dbid {dbid} is outside 1..32767")
+            );
+        }
+
+        #[test]
+        fn case_and_a_trailing_dot_do_not_make_another_host(
+            entries in entries(),
+            pick in any::<prop::sample::Index>(),
+            upper in any::<bool>(),
+        ) {
+            prop_assume!(!entries.is_empty());
+            let first = &entries[pick.index(entries.len())];
+            prop_assume!(!first.is_ipv6_literal() && first.host.parse::<Ipv4Addr>().is_err());
+            let host = if upper {
+                first.host.to_ascii_uppercase()
+            } else {
+                format!("{}.", first.host)
+            };
+            let unused = (1..=MAX_DBID).find(|d| entries.iter().all(|p| p.dbid != *d)).unwrap();
+            let twin = PeerAddr { dbid: unused, content: 0, host, port: first.port };
+            let written = format!("{},{twin}", AddressMap::from_entries(entries.clone()).unwrap());
+            let problems = AddressMap::check(&written);
+            prop_assert_eq!(problems.len(), 1, "{}", written);
+            prop_assert_eq!(
+                problems[0].message(),
+                format!(
+                    "entry {} {:?}: {}:{} appears twice (first in entry {})",
+                    entries.len() + 1,
+                    twin.to_string(),
+                    twin.host,
+                    twin.port,
+                    pick.index(entries.len()) + 1
+                )
+            );
+        }
+
+        #[test]
+        fn long_entries_give_short_messages(
+            s in "[0-9a-z:.\\[\\] -]{200,3000}",
+        ) {
+            for problem in AddressMap::check(&s) {
+                let message = problem.message();
+                // No escapes in this alphabet: three clipped quotes and text.
+                prop_assert!(message.len() <= 3 * (MAX_QUOTED_CHARS + 2) + 150, "{}", message);
+            }
         }
 
         #[test]
