@@ -206,6 +206,18 @@ fn check_reports_every_problem_with_its_hint() {
 }
 
 #[test]
+fn check_refuses_a_dbid_beyond_smallint() {
+    // gp_segment_configuration.dbid is a smallint: 40000 cannot be a dbid.
+    let out = ic_proxy(&["check", "1:-1:cdw:7000,40000:0:sdw1:7002"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        "entry 2 \"40000:0:sdw1:7002\": dbid 40000 is outside 1..32767\n\
+         hint: Take the dbid from gp_segment_configuration; dbids run from 1 to 32767.\n"
+    );
+}
+
+#[test]
 fn run_refuses_an_invalid_map_before_binding_anything() {
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new(BIN)
