@@ -320,8 +320,11 @@ async fn read_backend(
         }
     }
     // BYE is never dropped: the other end learns the stream ended however it
-    // ended (it reports a premature end if EOS was not in it).
-    out.send(PacketType::Bye, Bytes::new());
+    // ended (it reports a premature end if EOS was not in it). Unless the
+    // proxy ended this connection and sent the BYE itself already.
+    if !shared.bye_answered.load(Relaxed) {
+        out.send(PacketType::Bye, Bytes::new());
+    }
 }
 
 /// Proxy -> backend: write what the other end sent, acknowledge it, and

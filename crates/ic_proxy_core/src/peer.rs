@@ -900,6 +900,26 @@ async fn read_link(
             let p = match ctx.decoder.decode(&mut buf) {
                 Ok(Some(p)) => p,
                 Ok(None) => break,
+                // A DATA packet over max_packet_size ends its own logical
+                // connection, not the link: the stream is still in step.
+                Err(e @ HeaderError::LengthAboveMax { .. }) => match ctx.decoder.skip_oversized(&mut buf) {
+                    Ok(Some(h)) => {
+                        slot.stats.packets_in.fetch_add(1, Relaxed);
+                        slot.stats.bytes_in.fetch_add(u64::from(h.len), Relaxed);
+                        oversized_data(ctx, slot, &h);
+                        continue;
+                    }
+                    // Its payload is still to come.
+                    Ok(None) => break,
+                    // Not a DATA packet: the length is what is wrong.
+                    Err(_) => {
+                        ctx.status
+                            .counters
+                            .rejected_connections
+                            .fetch_add(1, Relaxed);
+                        return format!("malformed packet: {}", explain(ctx, &e, &buf));
+                    }
+                },
                 Err(e) => {
                     ctx.status
                         .counters
@@ -960,6 +980,35 @@ async fn read_link(
             },
         }
     }
+}
+
+/// A DATA packet longer than `ic_proxy.max_packet_size` allows: its logical
+/// connection ends (the receiver reads end of stream, the sender's proxy
+/// gets a BYE), and the log says why; the link and every other connection
+/// on it carry on.
+fn oversized_data(ctx: &Ctx, slot: &PeerSlot, h: &Header) {
+    let me = ctx.settings.dbid;
+    if h.dst.dbid != me || h.src.dbid != slot.addr.dbid {
+        return drop_packet(
+            ctx,
+            slot,
+            &format!(
+                "an oversized DATA from dbid {} to dbid {} arrived on the link of dbid {}",
+                h.src.dbid, h.dst.dbid, slot.addr.dbid
+            ),
+        );
+    }
+    ctx.status.counters.dropped_packets.fetch_add(1, Relaxed);
+    slot.stats.drops.fetch_add(1, Relaxed);
+    let payload = usize::from(h.len).saturating_sub(ctx.settings.dialect.header_len());
+    ctx.registry.end_connection(
+        &LogicalConnKey::from_p2c(h),
+        &format!(
+            "DATA of {payload} bytes from dbid {} is over ic_proxy.max_packet_size {} \
+             (every instance needs the same gp_max_packet_size)",
+            h.src.dbid, ctx.settings.max_packet_size
+        ),
+    );
 }
 
 /// Probes (`ic_proxy_ping()`) address no backend: the peer proxy itself

@@ -13,15 +13,15 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, UnixListener};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::backend::run_session;
 use crate::config::{AddressMap, PeerAddr};
-use crate::peer::{accept_peer, PeerSlot};
-use crate::protocol::{IcTcpFramer, PacketDecoder};
-use crate::route::Registry;
+use crate::peer::{accept_peer, OutFrame, PeerSlot};
+use crate::protocol::{IcTcpFramer, PacketDecoder, PacketType};
+use crate::route::{Arrival, ByeOwed, Registry};
 use crate::settings::{ProxySettings, RuntimeConfig};
 use crate::status::{LogLimit, PeerState, PeerStats, StatusBoard};
 
@@ -118,7 +118,9 @@ pub async fn run(
         framer: IcTcpFramer {
             max_packet_size: settings.max_packet_size,
         },
-        registry: Registry::new(status.clone(), cfg.early_cache_bytes, cfg.early_packet_ttl),
+    let (registry, owed) =
+        Registry::new(status.clone(), cfg.early_cache_bytes, cfg.early_packet_ttl);
+        registry,
         settings,
         status,
         shutdown: shutdown.clone(),
@@ -175,6 +177,12 @@ pub async fn run(
         &ctx,
         None,
         &cfg.map,
+    {
+        let ctx2 = ctx.clone();
+        ctx.tracker
+            .spawn(async move { send_owed_byes(ctx2, owed).await });
+    }
+
         &mut injected_peer,
         &mut listener_token,
     );
@@ -236,6 +244,34 @@ pub async fn run(
 fn apply_map(
     ctx: &Arc<Ctx>,
     old: Option<&AddressMap>,
+/// Sends the BYEs the registry owes the senders of logical connections it
+/// ended (dropped from the early cache, or cut for a bad packet), so their
+/// backends' sockets close instead of waiting forever.
+async fn send_owed_byes(ctx: Arc<Ctx>, mut owed: mpsc::UnboundedReceiver<ByeOwed>) {
+    loop {
+        let key = tokio::select! {
+            _ = ctx.shutdown.cancelled() => break,
+            k = owed.recv() => match k {
+                Some(k) => k,
+                None => break,
+            },
+        };
+        // From the receiver (local) to the sender (remote).
+        if key.remote.dbid == ctx.settings.dbid {
+            ctx.registry.route(&key.reversed(), Arrival::Bye);
+        } else if let Some(slot) = ctx.peer(key.remote.dbid) {
+            let d = ctx.settings.dialect;
+            slot.send(OutFrame {
+                header: key.header(PacketType::Bye, d, 0).encode(d),
+                payload: bytes::Bytes::new(),
+                echo: false,
+                generation: slot.generation(),
+                charged: 0,
+            });
+        }
+    }
+}
+
     new: &AddressMap,
     injected: &mut Option<TcpListener>,
     listener: &mut Option<CancellationToken>,

@@ -1,8 +1,13 @@
 //! Routing to local receivers: the registry of backend sessions by logical
 //! connection key, the early-packet cache for receivers that have not said
-//! HELLO yet, and the per-reader route cache that keeps the registry's lock off
-//! the hot path (a reader takes the lock once per logical connection, not
-//! once per packet).
+//! HELLO yet, the record of logical connections the proxy ended, and the
+//! per-reader route cache that keeps the registry's lock off the hot path (a
+//! reader takes the lock once per logical connection, not once per packet).
+//!
+//! Every logical connection the proxy gives up on ends visibly at both ends:
+//! its receiver reads end of stream (at once, or right after its HELLO_ACK
+//! when it comes later), and its sender's proxy gets a BYE, so the sending
+//! backend's socket is closed too. Nothing waits forever.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
@@ -10,10 +15,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::sync::Notify;
+use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
-use crate::cache::{Dropped, EarlyCache};
+use crate::cache::EarlyCache;
 use crate::flow::{FlowParams, FlowViolation, SendCredit};
 use crate::protocol::LogicalConnKey;
 use crate::status::{LogLimit, StatusBoard};
@@ -102,6 +107,9 @@ pub(crate) struct SessionShared {
     /// A BYE was routed to this session: later packets with its key belong to
     /// the next statement reusing the key, and wait in the cache.
     p2c_done: AtomicBool,
+    /// The proxy already sent this connection's BYE to the other end (it
+    /// ended the connection itself): the session must not send another.
+    pub bye_answered: AtomicBool,
     /// Cancelled when the session has left the registry.
     pub closed: CancellationToken,
     /// Cancelled to end the session at once (violation, backend gone,
@@ -130,6 +138,7 @@ impl SessionShared {
             key,
             inbox: Inbox::default(),
             p2c_done: AtomicBool::new(false),
+            bye_answered: AtomicBool::new(false),
             closed: CancellationToken::new(),
             stop_reading: abort.child_token(),
             abort,
@@ -141,8 +150,13 @@ impl SessionShared {
         }
     }
 
-    fn accepts(&self, a: &Arrival) -> bool {
-        if self.closed.is_cancelled() || self.abort.is_cancelled() {
+    /// True if a packet with `key` (its session id included) is for this
+    /// session now.
+    fn accepts(&self, key: &LogicalConnKey, a: &Arrival) -> bool {
+        if self.closed.is_cancelled()
+            || self.abort.is_cancelled()
+            || key.session_id != self.key.session_id
+        {
             return false;
         }
         match a {
@@ -228,28 +242,100 @@ pub(crate) enum Routed {
     Dropped,
 }
 
+/// A packet waiting in the early cache, with the session it was sent in.
+struct Waiting {
+    delivery: Delivery,
+    session_id: i32,
+}
+
+/// How long the proxy remembers a logical connection it ended, and how many
+/// it remembers at most (oldest forgotten first): a receiver that comes
+/// later is told at once that its stream ended, and late packets of the
+/// connection are dropped instead of waiting in the cache.
+const ENDED_TTL: Duration = Duration::from_secs(600);
+const ENDED_MAX: usize = 65_536;
+
+/// The bounded, expiring record of logical connections the proxy ended.
+#[derive(Default)]
+struct Ended {
+    /// Key (session ignored, as in the registry) -> the session ended.
+    keys: HashMap<LogicalConnKey, i32>,
+    order: VecDeque<(Instant, LogicalConnKey, i32)>,
+}
+
+impl Ended {
+    fn insert(&mut self, key: LogicalConnKey, session_id: i32, now: Instant) {
+        self.expire(now);
+        while self.order.len() >= ENDED_MAX {
+            let Some((_, k, sid)) = self.order.pop_front() else {
+                break;
+            };
+            self.forget(&k, sid);
+        }
+        self.keys.insert(key, session_id);
+        self.order.push_back((now, key, session_id));
+    }
+
+    /// True if the connection of `key` in `key.session_id` was ended.
+    fn contains(&self, key: &LogicalConnKey) -> bool {
+        self.keys.get(key) == Some(&key.session_id)
+    }
+
+    fn expire(&mut self, now: Instant) {
+        while let Some((at, k, sid)) = self.order.front().copied() {
+            if now.saturating_duration_since(at) < ENDED_TTL {
+                break;
+            }
+            self.order.pop_front();
+            self.forget(&k, sid);
+        }
+    }
+
+    fn forget(&mut self, key: &LogicalConnKey, session_id: i32) {
+        if self.keys.get(key) == Some(&session_id) {
+            self.keys.remove(key);
+        }
+    }
+}
+
 struct Inner {
     live: HashMap<LogicalConnKey, Arc<SessionShared>>,
-    early: EarlyCache<LogicalConnKey, (Delivery, usize)>,
+    early: EarlyCache<LogicalConnKey, Waiting>,
+    ended: Ended,
 }
+
+/// A BYE the proxy owes the sender of a logical connection it ended: `key`
+/// as seen from here (local = the receiver), with the sender's session.
+pub(crate) type ByeOwed = LogicalConnKey;
 
 pub(crate) struct Registry {
     inner: Mutex<Inner>,
     status: Arc<StatusBoard>,
     /// A flood of packets for distinct keys drops one connection per packet.
     drop_log: LogLimit,
+    /// BYEs to send for connections ended here (sent by the runtime's
+    /// answering task, which knows the peers).
+    owed: mpsc::UnboundedSender<ByeOwed>,
 }
 
 impl Registry {
-    pub fn new(status: Arc<StatusBoard>, cap_bytes: usize, ttl: Duration) -> Self {
-        Registry {
+    pub fn new(
+        status: Arc<StatusBoard>,
+        cap_bytes: usize,
+        ttl: Duration,
+    ) -> (Self, mpsc::UnboundedReceiver<ByeOwed>) {
+        let (owed, owed_rx) = mpsc::unbounded_channel();
+        let reg = Registry {
             inner: Mutex::new(Inner {
                 live: HashMap::new(),
                 early: EarlyCache::new(cap_bytes, ttl),
+                ended: Ended::default(),
             }),
             status,
             drop_log: LogLimit::default(),
-        }
+            owed,
+        };
+        (reg, owed_rx)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -257,28 +343,26 @@ impl Registry {
     }
 
     pub fn set_cache_limits(&self, cap_bytes: usize, ttl: Duration) {
-        let dropped = {
-            let mut g = self.lock();
-            g.early.set_limits(cap_bytes, ttl);
-            // Shrinking the cap takes effect now, oldest first.
-            let mut d = Vec::new();
-            while g.early.bytes() > cap_bytes {
-                let Some(k) = g.early.drop_where(|_| true).into_iter().next() else {
-                    break;
-                };
-                d.push(k);
-            }
-            d
-        };
-        self.count_dropped(&dropped, "the cache limit was lowered");
+        let mut g = self.lock();
+        // Shrinking the cap takes effect now.
+        let dropped = g.early.set_limits(cap_bytes, ttl);
+        self.ended_early(&mut g, dropped, "the cache limit was lowered", true);
     }
 
     /// Routes a packet to the local backend with key `key` (as seen from here:
-    /// local = the receiving backend).
+    /// local = the receiving backend; its session id is the packet's).
     pub fn route(&self, key: &LogicalConnKey, a: Arrival) -> Routed {
         let mut g = self.lock();
+        if g.ended.contains(key) {
+            // A late packet of a connection this proxy ended: its ends were
+            // told already.
+            drop(g);
+            self.status.counters.dropped_packets.fetch_add(1, Relaxed);
+            log::debug!("ic-proxy: dropped a packet of {key}: the proxy ended that connection");
+            return Routed::Dropped;
+        }
         if let Some(s) = g.live.get(key) {
-            if s.accepts(&a) {
+            if s.accepts(key, &a) {
                 let s = s.clone();
                 drop(g);
                 return match s.push(a) {
@@ -289,10 +373,31 @@ impl Registry {
                     }
                 };
             }
+            if key.session_id < s.key.session_id && !s.closed.is_cancelled() {
+                // Out of date: an older session's packet, never for this
+                // receiver (the C proxy's rule, protocol reference 5.8).
+                // That older connection is over; its sender is told once.
+                let delivery = match a {
+                    Arrival::Data(_) => Some(Delivery::Data(Bytes::new())),
+                    Arrival::Bye => Some(Delivery::Bye),
+                    Arrival::Ack => None,
+                };
+                if let Some(delivery) = delivery {
+                    let w = Waiting {
+                        delivery,
+                        session_id: key.session_id,
+                    };
+                    self.give_up(&mut g, *key, &[w], true);
+                }
+                drop(g);
+                self.status.counters.dropped_packets.fetch_add(1, Relaxed);
+                log::debug!("ic-proxy: dropped a packet of {key}: older than the session waiting for it");
+                return Routed::Dropped;
+            }
         }
         // A new waiting connection pays for its bookkeeping too.
         let key_cost = if g.early.contains(key) { 0 } else { KEY_COST };
-        let (item, size) = match a {
+        let (delivery, size) = match a {
             // A DATA_ACK nobody waits for is late: the sender is gone.
             Arrival::Ack => {
                 drop(g);
@@ -310,14 +415,15 @@ impl Registry {
             Arrival::Bye => (Delivery::Bye, PACKET_COST),
         };
         let size = size + key_cost;
-        let dropped = g.early.push(*key, (item, size), size, Instant::now());
+        let item = Waiting {
+            delivery,
+            session_id: key.session_id,
+        };
+        let dropped = g
+            .early
+            .push(*key, key.remote.dbid, item, size, Instant::now());
         let cached = g.early.contains(key);
-        self.status
-            .counters
-            .early_cache_bytes
-            .store(g.early.bytes() as i64, Relaxed);
-        drop(g);
-        self.count_dropped(&dropped, "the early-packet cache is full");
+        self.ended_early(&mut g, dropped, "the early-packet cache is full", true);
         if cached {
             Routed::Cached
         } else {
@@ -326,8 +432,9 @@ impl Registry {
     }
 
     /// Registers a session and hands it the packets that waited for it, in
-    /// order. Err(previous) while a session with the same key is still open:
-    /// wait for `previous.closed`, then try again.
+    /// order: those of its own session; older sessions' are dropped, newer
+    /// ones wait on. Err(previous) while a session with the same key is
+    /// still open: wait for `previous.closed`, then try again.
     pub fn register(&self, s: &Arc<SessionShared>) -> Result<usize, Arc<SessionShared>> {
         let mut g = self.lock();
         if let Some(prev) = g.live.get(&s.key) {
@@ -336,12 +443,33 @@ impl Registry {
             }
         }
         let mut replayed = 0;
+        let mut stale: Vec<Waiting> = Vec::new();
         if let Some(items) = g.early.take(&s.key) {
-            for (d, _) in items {
-                let a = match d {
-                    Delivery::Data(b) => Arrival::Data(b),
+            let now = Instant::now();
+            for w in items {
+                if w.session_id < s.key.session_id {
+                    stale.push(w);
+                    continue;
+                }
+                let a = match &w.delivery {
+                    Delivery::Data(b) => Arrival::Data(b.clone()),
                     Delivery::Bye => Arrival::Bye,
                 };
+                let mine = LogicalConnKey {
+                    session_id: w.session_id,
+                    ..s.key
+                };
+                if !s.accepts(&mine, &a) {
+                    // A newer session's, or after this session's BYE: it
+                    // waits for the next receiver with this key.
+                    let size = match &w.delivery {
+                        Delivery::Data(b) => b.len() + PACKET_COST,
+                        Delivery::Bye => PACKET_COST,
+                    };
+                    let dropped = g.early.push(mine, s.key.remote.dbid, w, size, now);
+                    self.ended_early(&mut g, dropped, "the early-packet cache is full", false);
+                    continue;
+                }
                 // A fresh session accepts everything; an overrun cannot happen
                 // because the cache holds less than one flow-control window
                 // per connection from a well-behaved sender.
@@ -356,10 +484,34 @@ impl Registry {
                 }
                 replayed += 1;
             }
+            self.publish_cache(&g);
+        }
+        if !stale.is_empty() {
+            // Out of date: an older session's packets are never for this
+            // receiver (protocol reference 5.8). That older connection is
+            // over: its sender is told, and its late packets are dropped.
             self.status
                 .counters
-                .early_cache_bytes
-                .store(g.early.bytes() as i64, Relaxed);
+                .dropped_packets
+                .fetch_add(stale.len() as u64, Relaxed);
+            log::info!(
+                "ic-proxy: session {}: dropped {} early packets of an older session",
+                s.key,
+                stale.len()
+            );
+            self.give_up(&mut g, s.key, &stale, true);
+        }
+        if g.ended.contains(&s.key) {
+            // The proxy ended this connection before its receiver came: it
+            // reads end of stream now, not nothing forever. Its sender was
+            // sent a BYE then, so this session sends none.
+            s.bye_answered.store(true, Relaxed);
+            if s.push(Arrival::Bye).is_ok() {
+                log::info!(
+                    "ic-proxy: session {}: this logical connection was ended before its receiver came; ending its stream",
+                    s.key
+                );
+            }
         }
         g.live.insert(s.key, s.clone());
         Ok(replayed)
@@ -383,10 +535,10 @@ impl Registry {
 
     /// Ends every session whose other end is on instance `dbid`, and drops the
     /// packets that instance left waiting: its link is gone, they can never
-    /// be completed. Sessions and cached packets of other instances are not
-    /// touched.
+    /// be completed (a receiver that comes later reads end of stream).
+    /// Sessions and cached packets of other instances are not touched.
     pub fn abort_remote(&self, dbid: u16) -> usize {
-        let (victims, dropped) = {
+        let victims = {
             let mut g = self.lock();
             let v: Vec<_> = g
                 .live
@@ -395,17 +547,54 @@ impl Registry {
                 .cloned()
                 .collect();
             let d = g.early.drop_where(|k| k.remote.dbid == dbid);
-            self.status
-                .counters
-                .early_cache_bytes
-                .store(g.early.bytes() as i64, Relaxed);
-            (v, d)
+            // No BYE can reach that instance: its link is gone.
+            self.ended_early(&mut g, d, "their peer is gone", false);
+            v
         };
         for s in &victims {
             s.end_remote();
         }
-        self.count_dropped(&dropped, "their peer is gone");
         victims.len()
+    }
+
+    /// Ends the logical connection of `key` (as seen from here; local = the
+    /// receiver) because of a packet from its sender that cannot be taken:
+    /// its receiver reads end of stream, and its sender is sent a BYE.
+    pub fn end_connection(&self, key: &LogicalConnKey, why: &str) {
+        let mut g = self.lock();
+        if g.ended.contains(key) {
+            // Ended already, and both ends were told.
+            drop(g);
+            self.status.counters.dropped_packets.fetch_add(1, Relaxed);
+            return;
+        }
+        if let Some(s) = g.live.get(key) {
+            if s.key.session_id == key.session_id && !s.closed.is_cancelled() {
+                // The session says BYE itself as it ends.
+                let s = s.clone();
+                g.ended.insert(*key, key.session_id, Instant::now());
+                drop(g);
+                self.drop_log.warn("ended logical connections", || {
+                    format!("ic-proxy: session {key}: {why}; closing this logical connection")
+                });
+                s.abort.cancel();
+                return;
+            }
+        }
+        let mut dropped = Vec::new();
+        if g.early.contains(key) {
+            dropped = g.early.drop_where(|k| k == key);
+        }
+        self.publish_cache(&g);
+        g.ended.insert(*key, key.session_id, Instant::now());
+        drop(g);
+        if !dropped.is_empty() {
+            self.count_early_drops(&dropped, why, true);
+        }
+        self.drop_log.warn("ended logical connections", || {
+            format!("ic-proxy: {key}: {why}; closing this logical connection (its sender is sent BYE)")
+        });
+        let _ = self.owed.send(*key);
     }
 
     /// Ends every session (proxy shutdown).
@@ -417,16 +606,11 @@ impl Registry {
     }
 
     pub fn expire(&self) {
-        let dropped = {
-            let mut g = self.lock();
-            let d = g.early.expire(Instant::now());
-            self.status
-                .counters
-                .early_cache_bytes
-                .store(g.early.bytes() as i64, Relaxed);
-            d
-        };
-        self.count_dropped(&dropped, "nobody claimed them in time");
+        let mut g = self.lock();
+        let now = Instant::now();
+        g.ended.expire(now);
+        let dropped = g.early.expire(now);
+        self.ended_early(&mut g, dropped, "nobody claimed them in time", true);
     }
 
     fn violation(&self, s: &SessionShared, v: Violation) {
@@ -435,10 +619,79 @@ impl Registry {
             "ic-proxy: session {}: {v}; closing this logical connection",
             s.key
         );
+        // Late packets of this connection are dropped, not cached for a
+        // next statement that would never claim them.
+        self.lock()
+            .ended
+            .insert(s.key, s.key.session_id, Instant::now());
         s.abort.cancel();
     }
 
-    fn count_dropped(&self, dropped: &[Dropped<LogicalConnKey>], why: &str) {
+    fn publish_cache(&self, g: &Inner) {
+        self.status
+            .counters
+            .early_cache_bytes
+            .store(g.early.bytes() as i64, Relaxed);
+    }
+
+    /// Cached connections were dropped: each is recorded as ended (its
+    /// receiver, if it comes, reads end of stream), and when `answer`, its
+    /// sender is owed a BYE for every session whose DATA was dropped (a
+    /// connection that only said BYE needs no answer: answering a stray
+    /// BYE with a BYE could bounce between two proxies).
+    fn ended_early(
+        &self,
+        g: &mut Inner,
+        mut dropped: Vec<crate::cache::Dropped<LogicalConnKey, Waiting>>,
+        why: &str,
+        answer: bool,
+    ) {
+        self.publish_cache(g);
+        if dropped.is_empty() {
+            return;
+        }
+        for d in &mut dropped {
+            self.give_up(g, d.key, d.items.make_contiguous(), answer);
+        }
+        self.count_early_drops(&dropped, why, answer);
+    }
+
+    /// The packets `items` of the connection `key` were dropped: each
+    /// session they belong to is recorded as ended and, when `answer`, its
+    /// sender is owed a BYE if any of its DATA was dropped.
+    fn give_up(&self, g: &mut Inner, key: LogicalConnKey, items: &[Waiting], answer: bool) {
+        let now = Instant::now();
+        let mut sessions: Vec<(i32, bool)> = Vec::new();
+        for w in items {
+            let data = matches!(w.delivery, Delivery::Data(_));
+            match sessions.iter_mut().find(|(sid, _)| *sid == w.session_id) {
+                Some(e) => e.1 |= data,
+                None => sessions.push((w.session_id, data)),
+            }
+        }
+        for (sid, data) in sessions {
+            let key = LogicalConnKey {
+                session_id: sid,
+                ..key
+            };
+            g.ended.insert(key, sid, now);
+            if answer && data {
+                let _ = self.owed.send(key);
+            }
+        }
+    }
+
+    fn count_early_drops(
+        &self,
+        dropped: &[crate::cache::Dropped<LogicalConnKey, Waiting>],
+        why: &str,
+        answered: bool,
+    ) {
+        let after = if answered {
+            "its receiver will read end of stream, its sender is sent BYE"
+        } else {
+            "its receiver will read end of stream"
+        };
         for d in dropped {
             let c = &self.status.counters;
             c.early_dropped_conns.fetch_add(1, Relaxed);
@@ -448,8 +701,10 @@ impl Registry {
             }
             self.drop_log.warn("early-packet drops", || {
                 format!(
-                    "ic-proxy: dropped {} early packets ({} bytes) of {}: {why}",
-                    d.packets, d.bytes, d.key
+                    "ic-proxy: dropped {} early packets ({} bytes) of {}: {why}; {after}",
+                    d.items.len(),
+                    d.bytes,
+                    d.key
                 )
             });
         }
@@ -473,7 +728,7 @@ impl RouteCache {
         // session, so closed sessions do not pile up here.
         let last = matches!(a, Arrival::Bye);
         if let Some(s) = self.map.get(key) {
-            if s.accepts(&a) {
+            if s.accepts(key, &a) {
                 let s = s.clone();
                 if last {
                     self.map.remove(key);

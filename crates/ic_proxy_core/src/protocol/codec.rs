@@ -5,7 +5,7 @@
 
 use bytes::{Bytes, BytesMut};
 
-use super::header::{Dialect, Header, HeaderError};
+use super::header::{Dialect, Header, HeaderError, PacketType};
 
 /// One framed proxy packet. `payload` shares the read buffer's memory.
 #[derive(Clone, Debug)]
@@ -57,6 +57,43 @@ impl PacketDecoder {
         }
         let payload = buf.split_to(total).freeze().slice(header_len..);
         Ok(Some(Packet { header, payload }))
+    }
+}
+
+impl PacketDecoder {
+    /// After [`decode`](Self::decode) refused a DATA packet as longer than
+    /// `max_payload` allows: skips that whole packet once its bytes are in
+    /// `buf` and returns its header (`Ok(None)` while more bytes are needed),
+    /// so the stream stays in step and only that packet's logical connection
+    /// is lost. The buffer grows to one such packet at most (the u16 `len`
+    /// bounds it to 64 KiB). Err for anything else that is wrong.
+    pub fn skip_oversized(&self, buf: &mut BytesMut) -> Result<Option<Header>, HeaderError> {
+        let header_len = self.dialect.header_len();
+        if buf.len() < header_len {
+            return Err(HeaderError::Short {
+                have: buf.len(),
+                need: header_len,
+            });
+        }
+        let header = Header::decode(
+            &buf[..header_len],
+            self.dialect,
+            usize::from(u16::MAX) - header_len,
+        )?;
+        if header.ptype != PacketType::Data {
+            // Only DATA carries a payload; decode's own error stands.
+            return Err(HeaderError::LengthAboveMax {
+                len: header.len,
+                max: header_len + self.max_payload,
+            });
+        }
+        let total = usize::from(header.len);
+        if buf.len() < total {
+            reserve_packet(buf, total);
+            return Ok(None);
+        }
+        let _ = buf.split_to(total);
+        Ok(Some(header))
     }
 }
 
@@ -235,6 +272,57 @@ mod tests {
     fn drain(dec: &PacketDecoder, buf: &mut BytesMut, got: &mut Vec<(Header, Vec<u8>)>) {
         while let Some(p) = dec.decode(buf).unwrap() {
             got.push((p.header, p.payload.to_vec()));
+        }
+    }
+
+    #[test]
+    fn an_oversized_data_packet_is_skipped_whole_and_the_stream_stays_in_step() {
+        for d in BOTH {
+            let mut out = BytesMut::new();
+            let big: Vec<u8> = (0..MAX + 100).map(|b| b as u8).collect();
+            encode_packet(&header(PacketType::Data, 1), d, &big, &mut out);
+            encode_packet(&header(PacketType::Data, 2), d, b"after", &mut out);
+            let bytes = out.to_vec();
+            let dec = PacketDecoder::new(d, MAX);
+            // Fed a few bytes at a time: refused, then skipped once whole.
+            let mut buf = BytesMut::new();
+            let mut skipped = None;
+            let mut next = None;
+            for chunk in bytes.chunks(7) {
+                buf.extend_from_slice(chunk);
+                if skipped.is_none() {
+                    match dec.decode(&mut buf) {
+                        // Not even a whole header yet.
+                        Ok(None) => assert!(buf.len() < d.header_len()),
+                        Err(HeaderError::LengthAboveMax { .. }) => {
+                            skipped = dec.skip_oversized(&mut buf).unwrap();
+                        }
+                        other => panic!("expected LengthAboveMax, got {other:?}"),
+                    }
+                } else if next.is_none() {
+                    next = dec.decode(&mut buf).unwrap();
+                }
+            }
+            let h = skipped.expect("the big packet was skipped");
+            assert_eq!(h.src.pid, 1);
+            assert_eq!(usize::from(h.len), d.header_len() + MAX + 100);
+            let p = next.expect("the packet after it decodes");
+            assert_eq!((p.header.src.pid, &p.payload[..]), (2, &b"after"[..]));
+            assert!(buf.is_empty());
+        }
+    }
+
+    #[test]
+    fn only_data_is_skipped_when_oversized() {
+        for d in BOTH {
+            let mut buf = BytesMut::new();
+            let h = Header {
+                len: (d.header_len() + 10) as u16,
+                ..header(PacketType::Bye, 1)
+            };
+            h.encode_into(d, &mut buf);
+            buf.extend_from_slice(&[0; 10]);
+            assert!(PacketDecoder::new(d, MAX).skip_oversized(&mut buf).is_err());
         }
     }
 
