@@ -8,6 +8,7 @@ use std::ffi::{c_char, c_void, CStr, CString};
 use std::path::PathBuf;
 
 use ic_proxy_core::config::AddressMap;
+use ic_proxy_core::flow::FlowParams;
 use ic_proxy_core::protocol::{self, Dialect};
 use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting, PostgresGucEnum};
 use pgrx::pg_sys;
@@ -43,9 +44,18 @@ static PEER_RETRY_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(1000);
 /// File holding the shared secret of peer authentication; empty: off.
 static PEER_AUTH_SECRET_FILE: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c""));
+/// Map entries the status area in shared memory holds; the rest are counted.
+static MAX_STATUS_ENTRIES: GucSetting<i32> = GucSetting::<i32>::new(DEFAULT_STATUS_ENTRIES);
 /// How much the proxy logs.
 static LOG_VERBOSITY: GucSetting<LogVerbosity> =
     GucSetting::<LogVerbosity>::new(LogVerbosity::Terse);
+
+/// Default of `ic_proxy.max_status_entries`.
+pub const DEFAULT_STATUS_ENTRIES: i32 = 4096;
+/// Bounds of `ic_proxy.max_status_entries`: every dbid a map can hold fits
+/// under the maximum (about 270 bytes each, 17 MB for all).
+pub const MIN_STATUS_ENTRIES: i32 = 16;
+pub const MAX_STATUS_ENTRIES_LIMIT: i32 = 65535;
 
 #[derive(PostgresGucEnum, Clone, Copy, PartialEq, Eq, Debug)]
 pub enum DialectSetting {
@@ -174,33 +184,54 @@ pub fn init() {
         GucContext::Sighup,
         GucFlags::UNIT_S,
     );
+    unsafe {
+        GucRegistry::define_int_guc_with_hooks(
+            c"ic_proxy.flow_pause_threshold",
+            c"Unacknowledged DATA packets at which a sender is paused (C proxy: 100).",
+            c"Must be above ic_proxy.flow_resume_threshold.",
+            &FLOW_PAUSE,
+            2,
+            100_000,
+            GucContext::Postmaster,
+            GucFlags::default(),
+            Some(check_flow_pause),
+            None,
+            None,
+        );
+        GucRegistry::define_int_guc_with_hooks(
+            c"ic_proxy.flow_resume_threshold",
+            c"Unacknowledged DATA packets at which a paused sender resumes (C proxy: 30).",
+            c"Must be below ic_proxy.flow_pause_threshold and at least ic_proxy.flow_ack_interval - 1.",
+            &FLOW_RESUME,
+            0,
+            99_999,
+            GucContext::Postmaster,
+            GucFlags::default(),
+            Some(check_flow_resume),
+            None,
+            None,
+        );
+        GucRegistry::define_int_guc_with_hooks(
+            c"ic_proxy.flow_ack_interval",
+            c"DATA packets delivered per DATA_ACK sent back (C proxy: 10).",
+            c"Must not exceed ic_proxy.flow_resume_threshold + 1, or a paused sender may never resume.",
+            &FLOW_ACK_INTERVAL,
+            1,
+            10_000,
+            GucContext::Postmaster,
+            GucFlags::default(),
+            Some(check_flow_ack_interval),
+            None,
+            None,
+        );
+    }
     GucRegistry::define_int_guc(
-        c"ic_proxy.flow_pause_threshold",
-        c"Unacknowledged DATA packets at which a sender is paused (C proxy: 100).",
-        c"",
-        &FLOW_PAUSE,
-        2,
-        100_000,
-        GucContext::Postmaster,
-        GucFlags::default(),
-    );
-    GucRegistry::define_int_guc(
-        c"ic_proxy.flow_resume_threshold",
-        c"Unacknowledged DATA packets at which a paused sender resumes (C proxy: 30).",
-        c"Must be below ic_proxy.flow_pause_threshold.",
-        &FLOW_RESUME,
-        0,
-        99_999,
-        GucContext::Postmaster,
-        GucFlags::default(),
-    );
-    GucRegistry::define_int_guc(
-        c"ic_proxy.flow_ack_interval",
-        c"DATA packets delivered per DATA_ACK sent back (C proxy: 10).",
-        c"Must not exceed ic_proxy.flow_pause_threshold - ic_proxy.flow_resume_threshold.",
-        &FLOW_ACK_INTERVAL,
-        1,
-        10_000,
+        c"ic_proxy.max_status_entries",
+        c"Map entries ic_proxy_status() can show: the size of the status area in shared memory.",
+        c"Entries beyond it are counted in ic_proxy_info().status_entries_missing. About 270 bytes each.",
+        &MAX_STATUS_ENTRIES,
+        MIN_STATUS_ENTRIES,
+        MAX_STATUS_ENTRIES_LIMIT,
         GucContext::Postmaster,
         GucFlags::default(),
     );
@@ -279,6 +310,21 @@ pub fn flow_thresholds() -> (u32, u32, u32) {
         FLOW_RESUME.get() as u32,
         FLOW_ACK_INTERVAL.get() as u32,
     )
+}
+
+/// The flow-control settings as the core takes them.
+pub fn flow_params() -> FlowParams {
+    let (pause_at, resume_at, ack_interval) = flow_thresholds();
+    FlowParams {
+        pause_at,
+        resume_at,
+        ack_interval,
+    }
+}
+
+/// The size of the status area; fixed at server start.
+pub fn max_status_entries() -> usize {
+    MAX_STATUS_ENTRIES.get() as usize
 }
 
 pub fn peer_retry_interval() -> std::time::Duration {
@@ -423,4 +469,206 @@ pub(crate) unsafe extern "C-unwind" fn check_secret_file(
         )
     };
     false
+}
+
+// ---- flow control: three settings that only work together ---------------------
+
+/// Why a (pause, resume, ack interval) triple cannot work, in the words of
+/// the settings: message, detail and hint.
+pub struct FlowProblem {
+    pub message: String,
+    pub detail: String,
+    pub hint: String,
+}
+
+impl std::fmt::Display for FlowProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.message, self.hint)
+    }
+}
+
+/// None when the core accepts `p`; otherwise what is wrong and the fix.
+pub fn flow_problem(p: &FlowParams) -> Option<FlowProblem> {
+    let core = p.validate().err()?;
+    let FlowParams {
+        pause_at,
+        resume_at,
+        ack_interval,
+    } = *p;
+    Some(if resume_at >= pause_at {
+        FlowProblem {
+            message: format!(
+                "ic_proxy.flow_resume_threshold ({resume_at}) must be below ic_proxy.flow_pause_threshold ({pause_at})"
+            ),
+            detail: "A sender pauses at the pause threshold of unacknowledged DATA packets and resumes at the resume threshold, so the resume threshold must be the lower one.".into(),
+            hint: format!(
+                "Set ic_proxy.flow_resume_threshold below {pause_at} or ic_proxy.flow_pause_threshold above {resume_at} (C proxy: 100 and 30), then restart the server."
+            ),
+        }
+    } else if ack_interval > resume_at + 1 {
+        FlowProblem {
+            message: format!(
+                "ic_proxy.flow_ack_interval ({ack_interval}) must not exceed ic_proxy.flow_resume_threshold + 1 ({})",
+                resume_at + 1
+            ),
+            detail: "After the receiver has acknowledged all it can, up to ic_proxy.flow_ack_interval - 1 packets stay unacknowledged; above ic_proxy.flow_resume_threshold a paused sender never resumes.".into(),
+            hint: format!(
+                "Set ic_proxy.flow_ack_interval to at most {} or ic_proxy.flow_resume_threshold to at least {} (C proxy: 10 and 30), then restart the server.",
+                resume_at + 1,
+                ack_interval - 1
+            ),
+        }
+    } else {
+        FlowProblem {
+            message: format!("invalid flow-control settings: {core}"),
+            detail: String::new(),
+            hint: "Check ic_proxy.flow_pause_threshold, ic_proxy.flow_resume_threshold and ic_proxy.flow_ack_interval (C proxy: 100, 30, 10), then restart the server.".into(),
+        }
+    })
+}
+
+/// Which of the three settings a check hook validates.
+#[derive(Clone, Copy)]
+enum FlowSetting {
+    Pause,
+    Resume,
+    AckInterval,
+}
+
+impl FlowSetting {
+    fn name(self) -> &'static str {
+        match self {
+            FlowSetting::Pause => "ic_proxy.flow_pause_threshold",
+            FlowSetting::Resume => "ic_proxy.flow_resume_threshold",
+            FlowSetting::AckInterval => "ic_proxy.flow_ack_interval",
+        }
+    }
+}
+
+/// The value `name` will have at the next server start: its last
+/// assignment in postgresql.conf (with its includes) and then
+/// postgresql.auto.conf, or the value in force when no file sets it. These
+/// settings only change at a restart, so this, not the value in force, is
+/// what a new value must agree with: raising both thresholds with two
+/// ALTER SYSTEM commands works.
+unsafe fn value_at_next_start(name: &str, in_force: i32) -> i32 {
+    unsafe {
+        let mut head: *mut pg_sys::ConfigVariable = std::ptr::null_mut();
+        let mut tail: *mut pg_sys::ConfigVariable = std::ptr::null_mut();
+        // Errors in the files are reported (at DEBUG2) and parsing stops;
+        // the server reports them itself at its next reload or start.
+        if !pg_sys::ConfigFileName.is_null() {
+            pg_sys::ParseConfigFile(
+                pg_sys::ConfigFileName,
+                true,
+                std::ptr::null(),
+                0,
+                0,
+                pg_sys::DEBUG2 as i32,
+                &mut head,
+                &mut tail,
+            );
+        }
+        if !pg_sys::DataDir.is_null() {
+            pg_sys::ParseConfigFile(
+                c"postgresql.auto.conf".as_ptr(),
+                false,
+                std::ptr::null(),
+                0,
+                0,
+                pg_sys::DEBUG2 as i32,
+                &mut head,
+                &mut tail,
+            );
+        }
+        let mut value = in_force;
+        let mut item = head;
+        while !item.is_null() {
+            let v = &*item;
+            if !v.name.is_null()
+                && !v.value.is_null()
+                && CStr::from_ptr(v.name)
+                    .to_str()
+                    .is_ok_and(|n| n.eq_ignore_ascii_case(name))
+            {
+                if let Some(parsed) = CStr::from_ptr(v.value)
+                    .to_str()
+                    .ok()
+                    .and_then(|t| t.trim().parse::<i32>().ok())
+                {
+                    value = parsed;
+                }
+            }
+            item = v.next;
+        }
+        pg_sys::FreeConfigVariables(head);
+        value
+    }
+}
+
+/// The check hooks of the three flow settings. At server start the
+/// postmaster applies them one by one, in an order of its own, and an error
+/// there stops the server, so only a session checks the triple (ALTER
+/// SYSTEM); a bad triple in postgresql.conf reaches the worker, which stays
+/// off and says why.
+unsafe fn check_flow(which: FlowSetting, newval: i32) -> bool {
+    unsafe {
+        if !pg_sys::IsUnderPostmaster || !pg_sys::IsTransactionState() {
+            return true;
+        }
+        let at_next_start =
+            |s: FlowSetting, in_force: i32| -> i32 { value_at_next_start(s.name(), in_force) };
+        let mut p = FlowParams {
+            pause_at: at_next_start(FlowSetting::Pause, FLOW_PAUSE.get()).max(0) as u32,
+            resume_at: at_next_start(FlowSetting::Resume, FLOW_RESUME.get()).max(0) as u32,
+            ack_interval: at_next_start(FlowSetting::AckInterval, FLOW_ACK_INTERVAL.get()).max(0)
+                as u32,
+        };
+        let v = newval.max(0) as u32;
+        match which {
+            FlowSetting::Pause => p.pause_at = v,
+            FlowSetting::Resume => p.resume_at = v,
+            FlowSetting::AckInterval => p.ack_interval = v,
+        }
+        match flow_problem(&p) {
+            None => true,
+            Some(problem) => {
+                report(
+                    &problem.message,
+                    Some(&problem.detail)
+                        .filter(|d| !d.is_empty())
+                        .map(|d| d.as_str()),
+                    Some(&problem.hint),
+                );
+                false
+            }
+        }
+    }
+}
+
+#[pgrx::pg_guard]
+pub(crate) unsafe extern "C-unwind" fn check_flow_pause(
+    newval: *mut i32,
+    _extra: *mut *mut c_void,
+    _source: pg_sys::GucSource::Type,
+) -> bool {
+    unsafe { newval.is_null() || check_flow(FlowSetting::Pause, *newval) }
+}
+
+#[pgrx::pg_guard]
+pub(crate) unsafe extern "C-unwind" fn check_flow_resume(
+    newval: *mut i32,
+    _extra: *mut *mut c_void,
+    _source: pg_sys::GucSource::Type,
+) -> bool {
+    unsafe { newval.is_null() || check_flow(FlowSetting::Resume, *newval) }
+}
+
+#[pgrx::pg_guard]
+pub(crate) unsafe extern "C-unwind" fn check_flow_ack_interval(
+    newval: *mut i32,
+    _extra: *mut *mut c_void,
+    _source: pg_sys::GucSource::Type,
+) -> bool {
+    unsafe { newval.is_null() || check_flow(FlowSetting::AckInterval, *newval) }
 }

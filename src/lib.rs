@@ -88,6 +88,53 @@ mod tests {
         assert!(hint.is_some_and(|h| !h.is_empty()));
     }
 
+    type IntHook =
+        unsafe extern "C-unwind" fn(*mut i32, *mut *mut c_void, pg_sys::GucSource::Type) -> bool;
+
+    /// Runs an integer check hook as guc.c does (in a session, as ALTER
+    /// SYSTEM does); returns its verdict and message.
+    fn run_int_hook(hook: IntHook, value: i32) -> (bool, Option<String>) {
+        unsafe {
+            pg_sys::GUC_check_errmsg_string = std::ptr::null_mut();
+            let mut v = value;
+            let ok = hook(&mut v, std::ptr::null_mut(), pg_sys::GucSource::PGC_S_FILE);
+            let msg = pg_sys::GUC_check_errmsg_string;
+            (
+                ok,
+                (!msg.is_null()).then(|| CStr::from_ptr(msg).to_string_lossy().into_owned()),
+            )
+        }
+    }
+
+    #[pg_test]
+    fn the_flow_hooks_refuse_a_triple_that_cannot_work() {
+        use crate::gucs::{check_flow_ack_interval, check_flow_pause, check_flow_resume};
+        // In force (and in no file): 100 / 30 / 10.
+        assert!(run_int_hook(check_flow_resume, 99).0);
+        assert!(run_int_hook(check_flow_pause, 31).0);
+        assert!(run_int_hook(check_flow_ack_interval, 31).0);
+        assert_eq!(
+            run_int_hook(check_flow_resume, 100),
+            (
+                false,
+                Some("ic_proxy.flow_resume_threshold (100) must be below ic_proxy.flow_pause_threshold (100)".into())
+            )
+        );
+        assert!(!run_int_hook(check_flow_pause, 30).0);
+        assert_eq!(
+            run_int_hook(check_flow_ack_interval, 32),
+            (
+                false,
+                Some("ic_proxy.flow_ack_interval (32) must not exceed ic_proxy.flow_resume_threshold + 1 (31)".into())
+            )
+        );
+    }
+
+    #[pg_test(error = "dbid 70000 is outside 1..32767")]
+    fn ping_refuses_a_dbid_out_of_range() {
+        let _ = Spi::get_one::<i64>("SELECT count(*) FROM ic_proxy_ping(70000)");
+    }
+
     #[pg_test]
     fn the_socket_dir_hook_wants_a_short_absolute_path() {
         assert!(run_hook(crate::gucs::check_socket_dir, "/tmp").0);

@@ -1,15 +1,27 @@
-//! The status area in shared memory: fixed-size, plain data, written by the
-//! worker's main thread from the runtime's status board and read by any
-//! backend (`ic_proxy_status()`, `ic_proxy_info()`). Reserved at postmaster
-//! start through the shmem hooks of shared_preload_libraries.
+//! The status area in shared memory: plain data, written by the worker's
+//! main thread from the runtime's status board and read by any backend
+//! (`ic_proxy_status()`, `ic_proxy_info()`). Reserved at postmaster start
+//! through the shmem hooks of shared_preload_libraries: a fixed header under
+//! an LWLock, and beside it one row per map entry, as many as
+//! `ic_proxy.max_status_entries` says, guarded by the same lock. Entries
+//! that do not fit are counted, never dropped silently.
 
+use ic_proxy_core::config::AddressMap;
 use ic_proxy_core::{PeerState, StatusSnapshot};
 use pgrx::prelude::*;
 use pgrx::{pg_shmem_init, PGRXSharedMemory, PgLwLock};
 
-/// Peers shown in status; a larger map is shown truncated (and says so).
-pub const MAX_PEERS: usize = 1024;
+use crate::gucs;
+
+/// The `state` of a row whose proxy is not running.
+pub const STATE_NOT_RUNNING: &str = "not running";
+/// The `state` of every row while this instance's dbid is not in the map:
+/// the proxy runs but links nothing.
+pub const STATE_NOT_IN_MAP: &str = "not in map";
+/// The row code of [`STATE_NOT_IN_MAP`]: beyond the core's `PeerState`s.
+const NOT_IN_MAP: u8 = 255;
 const TEXT: usize = 128;
+const ERROR_TEXT: usize = 512;
 const HOST: usize = 64;
 const PATH: usize = 108;
 
@@ -57,17 +69,31 @@ pub struct StatusArea {
     pub dropped_packets: u64,
     pub flow_violations: u64,
     pub auth_failures: u64,
+    /// Rows written beside the header (at most the area's capacity).
     pub npeers: u32,
-    pub truncated: bool,
+    /// Map entries the worker had; `total_peers - npeers` did not fit.
+    pub total_peers: u32,
+    /// False while this instance's dbid is not in the worker's map.
+    pub self_in_map: bool,
+    pub fd_soft_limit: u64,
+    pub fd_hard_limit: u64,
     peer_listener: [u8; 8],
     peer_listener_detail: [u8; TEXT],
     backend_listener: [u8; 8],
     backend_listener_detail: [u8; TEXT],
     socket_path: [u8; PATH],
-    pub peers: [PeerRow; MAX_PEERS],
+    /// Why the worker stopped or never started; empty while it runs.
+    last_error: [u8; ERROR_TEXT],
 }
 
 unsafe impl PGRXSharedMemory for StatusArea {}
+
+impl Default for PeerRow {
+    fn default() -> Self {
+        // All-zero is a valid value of every field: plain integers and bytes.
+        unsafe { std::mem::zeroed() }
+    }
+}
 
 impl Default for StatusArea {
     fn default() -> Self {
@@ -76,10 +102,94 @@ impl Default for StatusArea {
     }
 }
 
-pub static STATUS: PgLwLock<StatusArea> = unsafe { PgLwLock::new(c"cloudberry_ic_proxy status") };
+static STATUS: PgLwLock<StatusArea> = unsafe { PgLwLock::new(c"cloudberry_ic_proxy status") };
+
+/// The row array: its address in this process and its capacity, set once
+/// by the shmem startup hook in the postmaster (children inherit them) and
+/// only read afterwards. Read and written under [`STATUS`]'s lock.
+static mut ROWS: *mut PeerRow = std::ptr::null_mut();
+static mut ROWS_CAPACITY: usize = 0;
+const ROWS_NAME: &std::ffi::CStr = c"cloudberry_ic_proxy status rows";
+
+static mut PREV_SHMEM_REQUEST_HOOK: pg_sys::shmem_request_hook_type = None;
+static mut PREV_SHMEM_STARTUP_HOOK: pg_sys::shmem_startup_hook_type = None;
 
 pub fn init() {
     pg_shmem_init!(STATUS);
+    // After pgrx's hooks, so ours run after them and chain to them.
+    unsafe {
+        PREV_SHMEM_REQUEST_HOOK = pg_sys::shmem_request_hook;
+        pg_sys::shmem_request_hook = Some(request_rows);
+        PREV_SHMEM_STARTUP_HOOK = pg_sys::shmem_startup_hook;
+        pg_sys::shmem_startup_hook = Some(attach_rows);
+    }
+}
+
+fn rows_bytes(capacity: usize) -> usize {
+    capacity * std::mem::size_of::<PeerRow>()
+}
+
+/// Reserves the rows once the postmaster has read its settings:
+/// `ic_proxy.max_status_entries` is a server-start setting, so the size
+/// asked for here is the size every process sees.
+#[pg_guard]
+unsafe extern "C-unwind" fn request_rows() {
+    unsafe {
+        if let Some(prev) = PREV_SHMEM_REQUEST_HOOK {
+            prev();
+        }
+        ROWS_CAPACITY = gucs::max_status_entries();
+        pg_sys::RequestAddinShmemSpace(rows_bytes(ROWS_CAPACITY));
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn attach_rows() {
+    unsafe {
+        if let Some(prev) = PREV_SHMEM_STARTUP_HOOK {
+            prev();
+        }
+        if ROWS_CAPACITY == 0 {
+            // The request hook did not run in this process (EXEC_BACKEND).
+            ROWS_CAPACITY = gucs::max_status_entries();
+        }
+        let bytes = rows_bytes(ROWS_CAPACITY);
+        // AddinShmemInitLock is MainLWLockArray[21] (lwlocknames.h), as pgrx does.
+        let init_lock = &raw mut (*pg_sys::MainLWLockArray.add(21)).lock;
+        pg_sys::LWLockAcquire(init_lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
+        let mut found = false;
+        let p = pg_sys::ShmemInitStruct(ROWS_NAME.as_ptr(), bytes, &mut found);
+        if !found {
+            // All-zero is a valid row: plain integers and bytes.
+            std::ptr::write_bytes(p.cast::<u8>(), 0, bytes);
+        }
+        ROWS = p.cast::<PeerRow>();
+        pg_sys::LWLockRelease(init_lock);
+    }
+}
+
+/// The row array; only under the lock of the guard `_held`.
+fn rows_mut<'a>(_held: &'a mut StatusArea) -> &'a mut [PeerRow] {
+    // SAFETY: ROWS points to ROWS_CAPACITY rows of shared memory that live
+    // as long as the server; the caller holds STATUS exclusively.
+    unsafe {
+        let (p, n) = (*(&raw const ROWS), *(&raw const ROWS_CAPACITY));
+        if p.is_null() {
+            return &mut [];
+        }
+        std::slice::from_raw_parts_mut(p, n)
+    }
+}
+
+fn rows_ref(_held: &StatusArea) -> &[PeerRow] {
+    // SAFETY: as rows_mut, under a shared lock.
+    unsafe {
+        let (p, n) = (*(&raw const ROWS), *(&raw const ROWS_CAPACITY));
+        if p.is_null() {
+            return &[];
+        }
+        std::slice::from_raw_parts(p, n)
+    }
 }
 
 fn put(dst: &mut [u8], s: &str) {
@@ -106,10 +216,14 @@ pub struct Identity<'a> {
     pub dialect: &'a str,
     pub max_packet_size: u32,
     pub socket_path: &'a str,
+    /// The worker's map: while `content` is None (its dbid is not in it),
+    /// its entries are the rows, in state [`STATE_NOT_IN_MAP`].
+    pub map: &'a AddressMap,
 }
 
 pub fn publish(id: &Identity<'_>, s: &StatusSnapshot, running: bool) {
-    let mut a = STATUS.exclusive();
+    let mut guard = STATUS.exclusive();
+    let a = &mut *guard;
     a.generation += 1;
     a.running = running;
     a.worker_pid = id.worker_pid;
@@ -135,9 +249,33 @@ pub fn publish(id: &Identity<'_>, s: &StatusSnapshot, running: bool) {
     put(&mut a.backend_listener, s.backend_listener.0);
     put(&mut a.backend_listener_detail, &s.backend_listener.1);
     put(&mut a.socket_path, id.socket_path);
-    a.truncated = s.peers.len() > MAX_PEERS;
-    a.npeers = s.peers.len().min(MAX_PEERS) as u32;
-    for (row, p) in a.peers.iter_mut().zip(s.peers.iter()) {
+    put(&mut a.last_error, "");
+    a.fd_soft_limit = s.fd_soft_limit;
+    a.fd_hard_limit = s.fd_hard_limit;
+    a.self_in_map = id.content.is_some();
+    if !a.self_in_map {
+        let why = format!("this instance's dbid {} is not in the address map", id.dbid);
+        put(&mut a.peer_listener_detail, &why);
+        let entries = id.map.entries();
+        a.total_peers = entries.len() as u32;
+        let rows = rows_mut(a);
+        let n = entries.len().min(rows.len());
+        for (row, e) in rows.iter_mut().zip(entries.iter()) {
+            *row = PeerRow::default();
+            row.dbid = e.dbid;
+            row.content = e.content;
+            row.port = e.port;
+            row.state = NOT_IN_MAP;
+            put(&mut row.host, &e.host);
+            put(&mut row.last_error, &why);
+        }
+        a.npeers = n as u32;
+        return;
+    }
+    a.total_peers = s.peers.len() as u32;
+    let rows = rows_mut(a);
+    let n = s.peers.len().min(rows.len());
+    for (row, p) in rows.iter_mut().zip(s.peers.iter()) {
         row.dbid = p.addr.dbid;
         row.content = p.addr.content;
         row.port = p.addr.port;
@@ -154,20 +292,23 @@ pub fn publish(id: &Identity<'_>, s: &StatusSnapshot, running: bool) {
         put(&mut row.host, &p.addr.host);
         put(&mut row.last_error, &p.last_error);
     }
+    a.npeers = n as u32;
 }
 
-/// Marks the status as stale when the worker stops.
-pub fn mark_stopped() {
+/// Marks the status as stale when the worker stops; `error` says why it
+/// stopped or could not start (empty: a clean stop).
+pub fn mark_stopped(error: &str) {
     let mut a = STATUS.exclusive();
     a.generation += 1;
     a.running = false;
     a.updated_ms = ic_proxy_core::status::now_ms();
     put(&mut a.peer_listener, "down");
     put(&mut a.backend_listener, "down");
+    put(&mut a.last_error, error);
 }
 
-/// Runs `f` on a consistent view, under the shared lock (the area is too
-/// large to copy onto the stack).
+/// Runs `f` on a consistent view, under the shared lock (the rows are too
+/// many to copy onto the stack).
 pub fn with<R>(f: impl FnOnce(&StatusArea) -> R) -> R {
     f(&STATUS.share())
 }
@@ -185,8 +326,18 @@ impl StatusArea {
     pub fn socket_path(&self) -> String {
         get(&self.socket_path)
     }
+    /// The rows written at the last publish.
     pub fn rows(&self) -> &[PeerRow] {
-        &self.peers[..self.npeers as usize]
+        let all = rows_ref(self);
+        &all[..(self.npeers as usize).min(all.len())]
+    }
+    /// Map entries the last publish could not fit into the area.
+    pub fn entries_missing(&self) -> u32 {
+        self.total_peers.saturating_sub(self.npeers)
+    }
+    /// Why the worker stopped or never started; empty if it did not say.
+    pub fn last_error(&self) -> String {
+        get(&self.last_error)
     }
 }
 
@@ -198,6 +349,9 @@ impl PeerRow {
         get(&self.last_error)
     }
     pub fn state_name(&self) -> &'static str {
+        if self.state == NOT_IN_MAP {
+            return STATE_NOT_IN_MAP;
+        }
         let s = match self.state {
             0 => PeerState::SelfEntry,
             1 => PeerState::Connecting,

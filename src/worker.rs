@@ -10,7 +10,6 @@ use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use ic_proxy_core::flow::FlowParams;
 use ic_proxy_core::{run, socket_path, Listeners, ProxySettings, RuntimeConfig, StatusBoard};
 use pgrx::bgworkers::{
     BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags,
@@ -168,7 +167,7 @@ pub extern "C-unwind" fn ic_proxy_worker_main(_arg: pg_sys::Datum) {
     let logs = install_logger();
     let Some(dbid) = gucs::dbid() else {
         log!("ic-proxy: ic_proxy.dbid is not set; the proxy stays off (set it and restart the server to start it)");
-        shmem::mark_stopped();
+        shmem::mark_stopped("");
         return; // exit 0: not restarted
     };
     let (port, postmaster_pid, my_pid) = unsafe {
@@ -179,23 +178,39 @@ pub extern "C-unwind" fn ic_proxy_worker_main(_arg: pg_sys::Datum) {
         )
     };
     let socket = socket_path(&gucs::socket_dir(), port, postmaster_pid);
-    let (pause_at, resume_at, ack_interval) = gucs::flow_thresholds();
     let mut settings = ProxySettings::new(dbid, socket.clone());
     settings.pid = my_pid;
     settings.dialect = gucs::dialect();
     settings.max_packet_size = gucs::max_packet_size();
     settings.peer_queue_bytes = gucs::peer_queue_bytes();
-    settings.flow = FlowParams {
-        pause_at,
-        resume_at,
-        ack_interval,
-    };
-    if let Err(e) = settings.flow.validate() {
-        // A restart would fail the same way: stay off and say why.
-        warning!("ic-proxy: invalid flow-control settings: {e}; the proxy stays off until they are fixed and the server restarted");
-        shmem::mark_stopped();
+    settings.flow = gucs::flow_params();
+    if let Some(problem) = gucs::flow_problem(&settings.flow) {
+        // A restart would fail the same way: stay off (exit 0, not
+        // restarted) and say why, in the log and in ic_proxy_info().
+        let message = format!("ic-proxy: cannot start: {}", problem.message);
+        let mut report = pgrx::pg_sys::panic::ErrorReport::new(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            message,
+            "ic_proxy_worker_main",
+        )
+        .set_hint(problem.hint.clone());
+        if !problem.detail.is_empty() {
+            report = report.set_detail(problem.detail.clone());
+        }
+        report.report(PgLogLevel::WARNING);
+        shmem::mark_stopped(&format!("{}. {}", problem.message, problem.hint));
         return;
     }
+    // Every link and logical connection holds a descriptor: raise the soft
+    // limit before the runtime's threads exist, so they all have it.
+    let fd_limits = match ic_proxy_core::fd_limit::raise_nofile() {
+        Ok(l) => l,
+        Err(e) => {
+            let l = ic_proxy_core::fd_limit::nofile();
+            warning!("ic-proxy: cannot raise the open files limit: {e}; it stays at {l}");
+            l
+        }
+    };
     let threads = gucs::worker_threads();
     let runtime = with_signals_blocked(|| {
         tokio::runtime::Builder::new_multi_thread()
@@ -208,11 +223,17 @@ pub extern "C-unwind" fn ic_proxy_worker_main(_arg: pg_sys::Datum) {
         Ok(r) => r,
         Err(e) => {
             warning!("ic-proxy: cannot start the runtime: {e}");
+            shmem::mark_stopped(&format!("cannot start the runtime: {e}"));
             unsafe { pg_sys::proc_exit(1) };
         }
     };
-    let (config_tx, config_rx) = watch::channel(Arc::new(runtime_config(None)));
+    let first = runtime_config(None);
+    // The map the runtime has, for the status rows and this instance's content.
+    let mut map = first.map.clone();
+    let (config_tx, config_rx) = watch::channel(Arc::new(first));
     let status = StatusBoard::new();
+    status.counters.fd_soft_limit.store(fd_limits.soft, Relaxed);
+    status.counters.fd_hard_limit.store(fd_limits.hard, Relaxed);
     let shutdown = CancellationToken::new();
     let identity_socket = socket.display().to_string();
     let dialect_name = settings.dialect.name();
@@ -225,10 +246,10 @@ pub extern "C-unwind" fn ic_proxy_worker_main(_arg: pg_sys::Datum) {
             })
         })
     };
-    log!("ic-proxy: started (dbid {dbid}, socket {identity_socket}, dialect {dialect_name}, {threads} threads)");
+    log!("ic-proxy: started (dbid {dbid}, socket {identity_socket}, dialect {dialect_name}, {threads} threads, open files limit {fd_limits})");
 
-    let publish = |running: bool| {
-        let content = gucs::addresses().get(dbid).map(|e| e.content);
+    let publish = |map: &ic_proxy_core::config::AddressMap, running: bool| {
+        let content = map.get(dbid).map(|e| e.content);
         let id = shmem::Identity {
             worker_pid: my_pid,
             dbid,
@@ -237,6 +258,7 @@ pub extern "C-unwind" fn ic_proxy_worker_main(_arg: pg_sys::Datum) {
             dialect: dialect_name,
             max_packet_size: max_packet,
             socket_path: &identity_socket,
+            map,
         };
         shmem::publish(&id, &status.snapshot(), running);
     };
@@ -278,6 +300,7 @@ pub extern "C-unwind" fn ic_proxy_worker_main(_arg: pg_sys::Datum) {
                 }
             });
             if changed {
+                map = next.map.clone();
                 log!(
                     "ic-proxy: configuration reloaded ({} entries in the map)",
                     next.map.len()
@@ -299,7 +322,7 @@ pub extern "C-unwind" fn ic_proxy_worker_main(_arg: pg_sys::Datum) {
             exit_code = 1;
             break;
         }
-        publish(true);
+        publish(&map, true);
     }
 
     shutdown.cancel();
@@ -310,7 +333,11 @@ pub extern "C-unwind" fn ic_proxy_worker_main(_arg: pg_sys::Datum) {
     }
     runtime.shutdown_timeout(Duration::from_millis(500));
     drain_log(&logs);
-    shmem::mark_stopped();
+    shmem::mark_stopped(if exit_code == 0 {
+        ""
+    } else {
+        "the proxy runtime failed (see the server log); the worker restarts"
+    });
     log!("ic-proxy: stopped");
     if exit_code != 0 {
         unsafe { pg_sys::proc_exit(exit_code) };

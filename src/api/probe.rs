@@ -3,8 +3,15 @@
 //! local proxy sends the packet over the peer link; the peer proxy echoes it
 //! back. What the seed document tests with PGOPTIONS and a user table, with
 //! nothing but the proxies involved.
+//!
+//! The backend never blocks in a system call for long: the socket is
+//! non-blocking and every wait is a `poll` of at most [`POLL_SLICE`], after
+//! which a query cancel or termination is served and an interrupted call
+//! (a SIGHUP from `pg_reload_conf()`, say) is simply repeated, all within
+//! the probe's deadline.
 
-use std::io::{Read, Write};
+use std::io::{ErrorKind, Read, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
@@ -15,9 +22,12 @@ use ic_proxy_core::protocol::{Dialect, Endpoint, Header, LogicalConnKey, PacketT
 use ic_proxy_core::{socket_path, PROBE_SESSION_ID};
 use pgrx::prelude::*;
 
-use crate::{gucs, shmem};
+use crate::api::status::not_running_reason;
+use crate::{errors, gucs, shmem};
 
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+/// The longest a probe waits without looking for a query cancel.
+const POLL_SLICE: Duration = Duration::from_millis(50);
 static PROBE_SEQ: AtomicU32 = AtomicU32::new(1);
 
 /// Probes one peer (`dbid`) or every peer this instance exchanges traffic
@@ -25,42 +35,59 @@ static PROBE_SEQ: AtomicU32 = AtomicU32::new(1);
 #[pg_extern(volatile, parallel_unsafe)]
 fn ic_proxy_ping(
     dbid: default!(Option<i32>, "NULL"),
-) -> TableIterator<
-    'static,
-    (
-        name!(dbid, i16),
-        name!(content, i16),
-        name!(ok, bool),
-        name!(rtt_ms, Option<f64>),
-        name!(error, Option<String>),
-    ),
+) -> Result<
+    TableIterator<
+        'static,
+        (
+            name!(dbid, i16),
+            name!(content, i16),
+            name!(ok, bool),
+            name!(rtt_ms, Option<f64>),
+            name!(error, Option<String>),
+        ),
+    >,
+    pgrx::pg_sys::panic::ErrorReport,
 > {
+    if let Some(d) = dbid {
+        if !(1..=i32::from(i16::MAX)).contains(&d) {
+            return Err(errors::error(
+                PgSqlErrorCode::ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE,
+                format!("dbid {d} is outside 1..{}", i16::MAX),
+                "Give the dbid of an entry of ic_proxy.addresses (see ic_proxy_addresses()), or no argument to ping every peer.",
+            ));
+        }
+    }
     let map = gucs::addresses();
-    let Some(me) = gucs::dbid() else {
-        return TableIterator::new(error_rows(
+    let (running, last_error) = shmem::with(|a| (a.running, a.last_error()));
+    if gucs::dbid().is_none() || !running {
+        // Whatever the map says, nothing can be probed: say why.
+        return Ok(TableIterator::new(error_rows(
             &map,
             dbid,
-            "the proxy is off: ic_proxy.dbid is not set",
-        ));
+            &not_running_reason(&last_error),
+        )));
+    }
+    let Some(me) = gucs::dbid() else {
+        unreachable!("checked above");
     };
     let Some(my_entry) = map.get(me).cloned() else {
-        return TableIterator::new(error_rows(
+        return Ok(TableIterator::new(error_rows(
             &map,
             dbid,
-            "this instance's dbid is not in ic_proxy.addresses",
-        ));
+            &format!("this instance's dbid {me} is not in the address map"),
+        )));
     };
     let targets: Vec<PeerAddr> = match dbid {
         Some(d) => match map.entries().iter().find(|e| i32::from(e.dbid) == d) {
             Some(e) => vec![e.clone()],
             None => {
-                return TableIterator::new(vec![(
+                return Ok(TableIterator::new(vec![(
                     d as i16,
                     -2,
                     false,
                     None,
                     Some(format!("dbid {d} is not in ic_proxy.addresses")),
-                )])
+                )]))
             }
         },
         // Every entry traffic can flow to: not ourselves, not our own content.
@@ -77,7 +104,6 @@ fn ic_proxy_ping(
             .map(|r| (r.dbid, r.state_name(), r.last_error()))
             .collect::<Vec<_>>()
     });
-    let running = shmem::with(|a| a.running);
     let (port, pm_pid, my_pid) = unsafe {
         (
             pg_sys::PostPortNumber as u16,
@@ -100,12 +126,6 @@ fn ic_proxy_ping(
                 "no link: content {} is this instance's own content (primary/mirror or coordinator/standby)",
                 t.content
             )));
-            continue;
-        }
-        if !running {
-            rows.push(fail(
-                "the proxy worker is not running (see the server log)".into(),
-            ));
             continue;
         }
         match states.iter().find(|(d, _, _)| *d == t.dbid) {
@@ -147,7 +167,7 @@ fn ic_proxy_ping(
             Err(e) => rows.push(fail(e)),
         }
     }
-    TableIterator::new(rows)
+    Ok(TableIterator::new(rows))
 }
 
 fn error_rows(
@@ -162,7 +182,8 @@ fn error_rows(
         .collect()
 }
 
-/// One probe: HELLO, one DATA out and back, BYE out and back.
+/// One probe: HELLO, one DATA out and back, BYE out and back, all within
+/// [`PROBE_TIMEOUT`].
 fn probe(socket: &Path, d: Dialect, me: Endpoint, peer: Endpoint) -> Result<Duration, String> {
     let key = LogicalConnKey {
         local: me,
@@ -172,22 +193,29 @@ fn probe(socket: &Path, d: Dialect, me: Endpoint, peer: Endpoint) -> Result<Dura
         send_slice: 0,
         recv_slice: 0,
     };
-    let io = |what: &str, e: std::io::Error| format!("{what}: {e}");
-    let mut s = UnixStream::connect(socket).map_err(|e| {
+    let deadline = Instant::now() + PROBE_TIMEOUT;
+    let io = |what: &str, e: std::io::Error| {
+        if e.kind() == ErrorKind::TimedOut {
+            format!("{what}: no answer within {PROBE_TIMEOUT:?}")
+        } else {
+            format!("{what}: {e}")
+        }
+    };
+    let mut s = connect(socket, deadline).map_err(|e| {
         io(
             &format!("cannot reach the local proxy at {}", socket.display()),
             e,
         )
     })?;
-    s.set_read_timeout(Some(PROBE_TIMEOUT))
-        .map_err(|e| io("socket", e))?;
-    s.set_write_timeout(Some(PROBE_TIMEOUT))
-        .map_err(|e| io("socket", e))?;
-    s.write_all(&key.header(PacketType::Hello, d, 0).encode(d))
-        .map_err(|e| io("sending HELLO", e))?;
+    s.set_nonblocking(true).map_err(|e| io("socket", e))?;
+    write_all(
+        &mut s,
+        &key.header(PacketType::Hello, d, 0).encode(d),
+        deadline,
+    )
+    .map_err(|e| io("sending HELLO", e))?;
     let mut ack = vec![0u8; d.header_len()];
-    s.read_exact(&mut ack)
-        .map_err(|e| io("waiting for HELLO ACK", e))?;
+    read_exact(&mut s, &mut ack, deadline).map_err(|e| io("waiting for HELLO ACK", e))?;
     let ack = Header::decode(&ack, d, 0).map_err(|e| format!("bad HELLO ACK: {e}"))?;
     if ack.ptype != PacketType::HelloAck {
         return Err(format!("expected HELLO ACK, got {}", ack.ptype));
@@ -197,19 +225,9 @@ fn probe(socket: &Path, d: Dialect, me: Endpoint, peer: Endpoint) -> Result<Dura
     let mut packet = Vec::with_capacity(12);
     packet.extend_from_slice(&12u32.to_ne_bytes());
     packet.extend_from_slice(&nonce.to_ne_bytes());
-    s.write_all(&packet)
-        .map_err(|e| io("sending the probe", e))?;
+    write_all(&mut s, &packet, deadline).map_err(|e| io("sending the probe", e))?;
     let mut echo = [0u8; 12];
-    s.read_exact(&mut echo).map_err(|e| {
-        if matches!(
-            e.kind(),
-            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-        ) {
-            format!("no answer within {PROBE_TIMEOUT:?}")
-        } else {
-            io("waiting for the echo", e)
-        }
-    })?;
+    read_exact(&mut s, &mut echo, deadline).map_err(|e| io("waiting for the echo", e))?;
     let rtt = stamp.elapsed();
     if echo[..] != packet[..] {
         return Err("the echo does not match the probe".into());
@@ -218,9 +236,88 @@ fn probe(socket: &Path, d: Dialect, me: Endpoint, peer: Endpoint) -> Result<Dura
     s.shutdown(std::net::Shutdown::Write)
         .map_err(|e| io("closing", e))?;
     let mut rest = [0u8; 16];
-    match s.read(&mut rest) {
+    match read_some(&mut s, &mut rest, deadline) {
         Ok(0) => Ok(rtt),
         Ok(_) => Err("unexpected data after the echo".into()),
         Err(e) => Err(io("waiting for the closing BYE", e)),
     }
+}
+
+/// Connects, repeating a connect a signal interrupted; a Unix socket
+/// connect only waits while the listener's backlog is full.
+fn connect(socket: &Path, deadline: Instant) -> std::io::Result<UnixStream> {
+    loop {
+        check_for_interrupts!();
+        match UnixStream::connect(socket) {
+            Err(e) if e.kind() == ErrorKind::Interrupted && Instant::now() < deadline => continue,
+            r => return r,
+        }
+    }
+}
+
+/// Waits until `s` is ready for `events` (POLLIN or POLLOUT), serving query
+/// cancels every [`POLL_SLICE`] and repeating a poll a signal interrupted;
+/// TimedOut at `deadline`.
+fn wait_ready(s: &UnixStream, events: libc::c_short, deadline: Instant) -> std::io::Result<()> {
+    loop {
+        check_for_interrupts!();
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(ErrorKind::TimedOut.into());
+        }
+        let mut pfd = libc::pollfd {
+            fd: s.as_raw_fd(),
+            events,
+            revents: 0,
+        };
+        let slice = left.min(POLL_SLICE).as_millis().max(1) as libc::c_int;
+        // SAFETY: one pollfd on the stack, for a descriptor `s` owns.
+        let n = unsafe { libc::poll(&mut pfd, 1, slice) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if n > 0 {
+            // Readable, writable, or an error/hang-up the next call reports.
+            return Ok(());
+        }
+    }
+}
+
+/// One read of at least a byte (0: end of stream).
+fn read_some(s: &mut UnixStream, buf: &mut [u8], deadline: Instant) -> std::io::Result<usize> {
+    loop {
+        match s.read(buf) {
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => wait_ready(s, libc::POLLIN, deadline)?,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn read_exact(s: &mut UnixStream, mut buf: &mut [u8], deadline: Instant) -> std::io::Result<()> {
+    while !buf.is_empty() {
+        match read_some(s, buf, deadline)? {
+            0 => return Err(ErrorKind::UnexpectedEof.into()),
+            n => buf = &mut buf[n..],
+        }
+    }
+    Ok(())
+}
+
+fn write_all(s: &mut UnixStream, mut buf: &[u8], deadline: Instant) -> std::io::Result<()> {
+    while !buf.is_empty() {
+        match s.write(buf) {
+            Ok(0) => return Err(ErrorKind::WriteZero.into()),
+            Ok(n) => buf = &buf[n..],
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => wait_ready(s, libc::POLLOUT, deadline)?,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }

@@ -1,6 +1,7 @@
 //! Live state of this instance's proxy, read from shared memory in the
 //! calling backend: one row per map entry, and the proxy's own facts.
 
+use ic_proxy_core::PeerState;
 use pgrx::prelude::*;
 
 use crate::{gucs, shmem};
@@ -14,7 +15,10 @@ fn timestamp(ms: u64) -> Option<TimestampWithTimeZone> {
 }
 
 /// One row per entry of the map: the link's state and its counters. When
-/// the proxy is not running, every entry says so.
+/// the proxy is not running, every entry says so; while this instance's
+/// dbid is not in the map, every entry is `not in map`. Entries beyond
+/// `ic_proxy.max_status_entries` are counted in `ic_proxy_info()` and
+/// announced by a NOTICE.
 #[pg_extern(volatile, parallel_safe)]
 fn ic_proxy_status() -> TableIterator<
     'static,
@@ -36,8 +40,14 @@ fn ic_proxy_status() -> TableIterator<
         name!(last_error, Option<String>),
     ),
 > {
-    let rows: Vec<_> = shmem::with(|a| {
-        if a.running {
+    let (running, missing, last_error, rows): (_, _, _, Vec<_>) = shmem::with(|a| {
+        if !a.running {
+            return (false, 0, a.last_error(), Vec::new());
+        }
+        (
+            true,
+            a.entries_missing(),
+            String::new(),
             a.rows()
                 .iter()
                 .map(|r| {
@@ -60,23 +70,28 @@ fn ic_proxy_status() -> TableIterator<
                         (!err.is_empty()).then_some(err),
                     )
                 })
-                .collect()
-        } else {
-            Vec::new()
-        }
+                .collect(),
+        )
     });
-    if !rows.is_empty() {
+    if running {
+        if missing > 0 {
+            notice!(
+                "{missing} map entries are not shown: the status area holds {} (ic_proxy.max_status_entries)",
+                gucs::max_status_entries()
+            );
+        }
         return TableIterator::new(rows);
     }
     let me = gucs::dbid();
+    let reason = not_running_reason(&last_error);
     let rows: Vec<_> = gucs::addresses()
         .entries()
         .iter()
         .map(|e| {
             let state = if Some(e.dbid) == me {
-                "self"
+                PeerState::SelfEntry.name()
             } else {
-                "not running"
+                shmem::STATE_NOT_RUNNING
             };
             (
                 e.dbid as i16,
@@ -93,19 +108,31 @@ fn ic_proxy_status() -> TableIterator<
                 0,
                 0,
                 0,
-                Some(not_running_reason()),
+                Some(reason.clone()),
             )
         })
         .collect();
     TableIterator::new(rows)
 }
 
-fn not_running_reason() -> String {
+/// Why the proxy does not run, given what the worker said when it stopped
+/// (`last_error`, empty if nothing).
+pub fn not_running_reason(last_error: &str) -> String {
     if gucs::dbid().is_none() {
         "the proxy is off: ic_proxy.dbid is not set".to_string()
+    } else if !last_error.is_empty() {
+        format!("the proxy is off: {last_error}")
+    } else if let Some(problem) = gucs::flow_problem(&gucs::flow_params()) {
+        // The worker says this too, but may not have started yet.
+        format!("the proxy is off: {}. {}", problem.message, problem.hint)
     } else {
         "the proxy worker is not running (see the server log)".to_string()
     }
+}
+
+/// A count for SQL's bigint; an unlimited value shows as the largest.
+fn bigint(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
 }
 
 /// The proxy's own facts in one row: listeners, socket, dialect, threads,
@@ -136,6 +163,11 @@ fn ic_proxy_info() -> TableIterator<
         name!(flow_violations, i64),
         name!(auth_failures, i64),
         name!(updated, Option<TimestampWithTimeZone>),
+        name!(fd_soft_limit, Option<i64>),
+        name!(fd_hard_limit, Option<i64>),
+        name!(status_entries, i32),
+        name!(status_entries_missing, i64),
+        name!(last_error, Option<String>),
     ),
 > {
     let row = shmem::with(|a| {
@@ -143,6 +175,8 @@ fn ic_proxy_info() -> TableIterator<
         let (bl, bld) = a.backend_listener();
         let opt = |s: String| (!s.is_empty()).then_some(s);
         let running = a.running;
+        let last_error = a.last_error();
+        let limit = |v: u64| (v != 0).then(|| bigint(v));
         (
             running,
             (a.generation > 0 && a.worker_pid != 0).then_some(a.worker_pid),
@@ -152,7 +186,7 @@ fn ic_proxy_info() -> TableIterator<
             if running {
                 opt(pld)
             } else {
-                Some(not_running_reason())
+                Some(not_running_reason(&last_error))
             },
             if running { bl } else { "down".to_string() },
             opt(if running { bld } else { a.socket_path() }),
@@ -174,6 +208,11 @@ fn ic_proxy_info() -> TableIterator<
             a.flow_violations as i64,
             a.auth_failures as i64,
             timestamp(a.updated_ms),
+            limit(a.fd_soft_limit),
+            limit(a.fd_hard_limit),
+            gucs::max_status_entries() as i32,
+            i64::from(if running { a.entries_missing() } else { 0 }),
+            opt(last_error),
         )
     });
     TableIterator::once(row)

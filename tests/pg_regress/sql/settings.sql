@@ -14,6 +14,7 @@ SHOW ic_proxy.flow_pause_threshold;
 SHOW ic_proxy.flow_resume_threshold;
 SHOW ic_proxy.log_verbosity;
 SHOW ic_proxy.max_packet_size;
+SHOW ic_proxy.max_status_entries;
 SHOW ic_proxy.peer_auth_secret_file;
 SHOW ic_proxy.peer_queue_size;
 SHOW ic_proxy.peer_retry_interval;
@@ -52,6 +53,16 @@ ALTER SYSTEM SET ic_proxy.max_packet_size = 65472;
 ALTER SYSTEM SET ic_proxy.dbid = 65536;
 \echo SQLSTATE :LAST_ERROR_SQLSTATE
 ALTER SYSTEM SET ic_proxy.worker_threads = 0;
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
+ALTER SYSTEM SET ic_proxy.max_status_entries = 15;
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
+-- The flow-control settings only work together; each is checked against
+-- the others (in force: 100 / 30 / 10).
+ALTER SYSTEM SET ic_proxy.flow_resume_threshold = 150;
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
+ALTER SYSTEM SET ic_proxy.flow_pause_threshold = 30;
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
+ALTER SYSTEM SET ic_proxy.flow_ack_interval = 32;
 \echo SQLSTATE :LAST_ERROR_SQLSTATE
 SELECT pg_read_file('postgresql.auto.conf') !~ 'ic_proxy' AS auto_conf_untouched;
 
