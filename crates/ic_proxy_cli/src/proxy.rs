@@ -91,7 +91,8 @@ pub fn run_proxy(args: RunArgs) -> ExitCode {
             return ExitCode::from(EXIT_FAILURE);
         }
     };
-    let code = runtime.block_on(serve(settings, config, source, fd_limits));
+    let secret_file = args.peer_auth_secret_file.clone();
+    let code = runtime.block_on(serve(settings, config, source, secret_file, fd_limits));
     runtime.shutdown_timeout(RUNTIME_GRACE);
     code
 }
@@ -116,6 +117,7 @@ async fn serve(
     settings: ProxySettings,
     config: RuntimeConfig,
     source: MapSource,
+    secret_file: Option<std::path::PathBuf>,
     fd_limits: ic_proxy_core::fd_limit::FdLimits,
 ) -> ExitCode {
     // Before the socket exists, so nobody can signal a proxy that would
@@ -159,7 +161,10 @@ async fn serve(
                 // Only a failure ends the runtime before it is cancelled.
                 return exit_code(ended);
             }
-            _ = signals.hangup.recv() => reload(&source, &config_tx),
+            _ = signals.hangup.recv() => {
+                reload(&source, &config_tx);
+                reload_secret(secret_file.as_deref(), &config_tx);
+            }
             _ = signals.terminate.recv() => {
                 log::info!("ic-proxy: SIGTERM received, stopping");
                 break;
@@ -197,6 +202,37 @@ fn peer_address(map: &AddressMap, dbid: u16) -> String {
         Some(e) => format!("{} (content {})", e.socket_addr_string(), e.content),
         None => format!("nothing (dbid {dbid} is not in the address map)"),
     }
+}
+
+/// SIGHUP: re-read the peer authentication secret file, when there is one,
+/// and hand a changed secret to the runtime (which then ends every link made
+/// without it); a file that cannot be used leaves the secret in force.
+fn reload_secret(path: Option<&std::path::Path>, config: &watch::Sender<Arc<RuntimeConfig>>) {
+    let Some(path) = path else {
+        return;
+    };
+    let secret = match ic_proxy_core::auth::load_secret(path) {
+        Ok(s) => s,
+        Err(e) => {
+            log::error!(
+                "ic-proxy: reload of {}: {e}; keeping the peer authentication secret in force",
+                path.display()
+            );
+            return;
+        }
+    };
+    let current = config.borrow().clone();
+    if current.peer_secret.as_deref() == Some(&*secret) {
+        return;
+    }
+    log::info!(
+        "ic-proxy: reload of {}: a new peer authentication secret",
+        path.display()
+    );
+    let _ = config.send(Arc::new(RuntimeConfig {
+        peer_secret: Some(secret),
+        ..(*current).clone()
+    }));
 }
 
 /// SIGHUP: re-read the map file and hand a valid, changed map to the

@@ -495,3 +495,41 @@ fn run_refuses_a_peer_auth_secret_that_is_too_short() {
         "{stderr}"
     );
 }
+
+#[test]
+fn sighup_rereads_the_peer_auth_secret_file_and_relinks_with_the_new_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s1, s2) = (dir.path().join("secret1"), dir.path().join("secret2"));
+    std::fs::write(&s1, "the first shared secret\n").unwrap();
+    std::fs::write(&s2, "the first shared secret\n").unwrap();
+    let map = format!(
+        "1:-1:127.0.0.1:{},2:0:127.0.0.1:{}",
+        free_port(),
+        free_port()
+    );
+    let secret_arg = |p: &PathBuf| ["--peer-auth-secret-file".to_string(), p.display().to_string()];
+    let a1 = secret_arg(&s1);
+    let a2 = secret_arg(&s2);
+    let a1: Vec<&str> = a1.iter().map(String::as_str).collect();
+    let a2: Vec<&str> = a2.iter().map(String::as_str).collect();
+    let proxy1 = ProxyProcess::start(dir.path(), 1, &["--addresses", &map], &a1);
+    let proxy2 = ProxyProcess::start(dir.path(), 2, &["--addresses", &map], &a2);
+    proxy1.wait_for_log("peer dbid 2 (content 0) connected");
+
+    // A new secret on dbid 1 only: its link, made with the old one, ends,
+    // and dbid 2 (still on the old secret) is refused.
+    std::fs::write(&s1, "the second shared secret\n").unwrap();
+    signal(&proxy1.child, libc::SIGHUP);
+    proxy1.wait_for_log("a new peer authentication secret");
+    proxy1.wait_for_log("a reload changed the peer authentication secret; ending the link");
+    proxy2.wait_for_log("peer authentication failed");
+
+    // The same secret on dbid 2: the mesh links again.
+    std::fs::write(&s2, "the second shared secret\n").unwrap();
+    signal(&proxy2.child, libc::SIGHUP);
+    let until = Instant::now() + DEADLINE;
+    while proxy1.log().matches("peer dbid 2 (content 0) connected").count() < 2 {
+        assert!(Instant::now() < until, "no new link:\n{}", proxy1.log());
+        thread::sleep(POLL);
+    }
+}

@@ -64,7 +64,7 @@ pub(crate) struct PeerSlot {
     tx: mpsc::UnboundedSender<OutFrame>,
     /// Cancelled when the entry leaves the map or the proxy stops.
     pub token: CancellationToken,
-    accepted: mpsc::Sender<(TcpStream, BytesMut)>,
+    accepted: mpsc::Sender<NewLink>,
     link_up: AtomicBool,
     /// Bytes of probe echoes queued and not yet taken by the link's writer.
     echo_queued: AtomicUsize,
@@ -81,7 +81,22 @@ pub(crate) struct PeerSlot {
     /// their backends; a session waits for room before it reads on.
     budget: Semaphore,
     budget_cap: u32,
+    /// The authentication secret the link in use was made with (None: not
+    /// authenticated): a reload that requires another one ends it.
+    link_secret: Mutex<Option<Arc<[u8]>>>,
+    /// Why the link in use is being ended from this side, when it is.
+    end_reason: Mutex<Option<String>>,
 }
+
+/// A link and what its handshake used: the stream, bytes read past the
+/// handshake, and the authentication secret (None: not authenticated).
+pub(crate) type NewLink = (TcpStream, BytesMut, Option<Arc<[u8]>>);
+
+/// How long a dialer that requires authentication waits for the peer's
+/// challenge: the acceptor sends it right after its PEER_HELLO_ACK, so a
+/// peer without authentication is told apart quickly (it sees its new link
+/// close within this time, and says so).
+const CHALLENGE_WAIT: Duration = Duration::from_secs(3);
 
 /// Who opens the link between this instance and a peer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -130,6 +145,8 @@ impl PeerSlot {
             probe_answered: watch::channel(0).0,
             budget: Semaphore::new(ctx.settings.peer_queue_bytes),
             budget_cap: ctx.settings.peer_queue_bytes.min(u32::MAX as usize) as u32,
+            link_secret: Mutex::new(None),
+            end_reason: Mutex::new(None),
         });
         let task_ctx = ctx.clone();
         let task_slot = slot.clone();
@@ -201,6 +218,33 @@ impl PeerSlot {
         }
     }
 
+    /// Authentication now requires `secret` (a reload turned it on or
+    /// changed it): a link made without it ends at once, before it carries
+    /// anything more, and is made again with it.
+    pub fn require_secret(&self, secret: &Option<Arc<[u8]>>) {
+        let Some(required) = secret else {
+            // Turned off: links made with a secret are no less trusted.
+            return;
+        };
+        let stale = {
+            let used = lock(&self.link_secret);
+            self.is_up() && used.as_deref() != Some(&**required)
+        };
+        if stale {
+            let why = if lock(&self.link_secret).is_none() {
+                "the link was not authenticated and a reload turned peer authentication on"
+            } else {
+                "a reload changed the peer authentication secret"
+            };
+            log::warn!(
+                "ic-proxy: peer dbid {}: {why}; ending the link to make it again with the current secret",
+                self.addr.dbid
+            );
+            *lock(&self.end_reason) = Some(format!("{why}; linking again"));
+            self.end_link();
+        }
+    }
+
     /// Ends the link in use (the peer task then takes the next one).
     fn end_link(&self) {
         if let Some(t) = self
@@ -257,7 +301,7 @@ async fn peer_task(
     slot: Arc<PeerSlot>,
     role: Role,
     mut rx: mpsc::UnboundedReceiver<OutFrame>,
-    mut accepted_rx: mpsc::Receiver<(TcpStream, BytesMut)>,
+    mut accepted_rx: mpsc::Receiver<NewLink>,
 ) {
     let mut delay = ctx.settings.first_dial_delay;
     let mut last_error = String::new();
@@ -296,6 +340,20 @@ async fn peer_task(
             Some(l) = accepted_rx.recv() => l,
         };
         last_error.clear();
+        let (stream, leftover, secret) = link;
+        if let Some(required) = ctx.secret() {
+            if secret.as_deref() != Some(&*required) {
+                // Made while a reload changed the secret: not used.
+                log::info!(
+                    "ic-proxy: peer dbid {}: a new link was made without the current authentication secret; dropped",
+                    slot.addr.dbid
+                );
+                delay = Duration::ZERO;
+                continue;
+            }
+        }
+        *lock(&slot.link_secret) = secret;
+        lock(&slot.end_reason).take();
         slot.link_up.store(true, Relaxed);
         slot.stats.set_state(PeerState::Connected);
         if linked_before {
@@ -307,7 +365,25 @@ async fn peer_task(
             slot.addr.dbid,
             slot.addr.content
         );
-        let reason = run_link(&ctx, &slot, link.0, link.1, &mut rx).await;
+        let linked_at = std::time::Instant::now();
+        let packets_before = slot.stats.packets_in.load(Relaxed);
+        let mut reason = run_link(&ctx, &slot, stream, leftover, &mut rx).await;
+        if let Some(why) = lock(&slot.end_reason).take() {
+            reason = why;
+        } else if reason == PEER_CLOSED
+            && ctx.secret().is_none()
+            && slot.stats.packets_in.load(Relaxed) == packets_before
+            && linked_at.elapsed() < CHALLENGE_WAIT + Duration::from_secs(2)
+        {
+            // A dialer that requires authentication and got no challenge
+            // closes the new link without a word (it cannot tell a C proxy
+            // anything): say what it most likely means.
+            reason = format!(
+                "{PEER_CLOSED} right after linking, having sent nothing: does dbid {} require peer authentication? \
+                 ic_proxy.peer_auth_secret_file is not set here",
+                slot.addr.dbid
+            );
+        }
         slot.link_up.store(false, Relaxed);
         // What the ended logical connections still send (their BYEs) stays
         // behind: the next link starts a new generation.
@@ -333,7 +409,7 @@ async fn peer_task(
 }
 
 /// Dials the peer and says PEER_HELLO; Ok once its PEER_HELLO_ACK is checked.
-async fn dial(ctx: &Ctx, addr: &PeerAddr) -> io::Result<(TcpStream, BytesMut)> {
+async fn dial(ctx: &Ctx, addr: &PeerAddr) -> io::Result<NewLink> {
     let deadline = ctx.settings.handshake_timeout;
     let targets: Vec<SocketAddr> =
         tokio::time::timeout(deadline, tokio::net::lookup_host(addr.socket_addr_string()))
@@ -370,7 +446,7 @@ async fn handshake_as_dialer(
     ctx: &Ctx,
     addr: &PeerAddr,
     mut s: TcpStream,
-) -> io::Result<(TcpStream, BytesMut)> {
+) -> io::Result<NewLink> {
     tune_socket(&s);
     let d = ctx.settings.dialect;
     let hello = Header {
@@ -411,14 +487,30 @@ async fn handshake_as_dialer(
             ack.header.dst.dbid, addr.dbid
         )));
     }
-    if let Some(secret) = ctx.secret() {
+    let secret = ctx.secret();
+    if let Some(secret) = &secret {
         let me = hello.src;
         let peer = hello.dst;
         if secret.is_empty() {
             return Err(auth_failed(ctx, auth::AuthError::NoSecret));
         }
+        let challenge = tokio::time::timeout(
+            ctx.settings.handshake_timeout.min(CHALLENGE_WAIT),
+            read_auth(ctx, &mut s, &mut buf),
+        )
+        .await
+        .map_err(|_| {
+            ctx.status.counters.auth_failures.fetch_add(1, Relaxed);
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "peer authentication failed: dbid {} sent no challenge (is ic_proxy.peer_auth_secret_file set there?)",
+                    addr.dbid
+                ),
+            )
+        })?;
         tokio::time::timeout(ctx.settings.handshake_timeout, async {
-            let challenge = read_auth(ctx, &mut s, &mut buf).await.map_err(|e| {
+            let challenge = challenge.map_err(|e| {
                 ctx.status.counters.auth_failures.fetch_add(1, Relaxed);
                 invalid(format!(
                     "{e}: the peer sent no authentication challenge (is ic_proxy.peer_auth_secret_file set on dbid {}?)",
@@ -429,12 +521,19 @@ async fn handshake_as_dialer(
                 return Err(auth_failed(ctx, auth::AuthError::Unexpected { expected: "challenge" }));
             };
             let nonce_c = auth::nonce().map_err(|e| auth_failed(ctx, e))?;
-            let mac = auth::prove(&secret, AuthRole::Connector, &nonce_a, &nonce_c, me.dbid, peer.dbid);
+            let mac = auth::prove(secret, AuthRole::Connector, &nonce_a, &nonce_c, me.dbid, peer.dbid);
             write_auth(ctx, &mut s, me, peer, AuthMessage::Response { nonce_c, mac }).await?;
-            let AuthMessage::Confirm { mac } = read_auth(ctx, &mut s, &mut buf).await? else {
+            let confirm = read_auth(ctx, &mut s, &mut buf).await.map_err(|e| {
+                ctx.status.counters.auth_failures.fetch_add(1, Relaxed);
+                invalid(format!(
+                    "peer authentication failed: dbid {} did not confirm our answer to its challenge ({e}): is the secret the same on both instances?",
+                    addr.dbid
+                ))
+            })?;
+            let AuthMessage::Confirm { mac } = confirm else {
                 return Err(auth_failed(ctx, auth::AuthError::Unexpected { expected: "confirmation" }));
             };
-            auth::verify(&secret, AuthRole::Acceptor, &nonce_a, &nonce_c, me.dbid, peer.dbid, &mac)
+            auth::verify(secret, AuthRole::Acceptor, &nonce_a, &nonce_c, me.dbid, peer.dbid, &mac)
                 .map_err(|e| auth_failed(ctx, e))
         })
         .await
@@ -449,7 +548,7 @@ async fn handshake_as_dialer(
             )
         })??;
     }
-    Ok((s, buf))
+    Ok((s, buf, secret))
 }
 
 fn auth_failed(ctx: &Ctx, e: auth::AuthError) -> io::Error {
@@ -677,7 +776,8 @@ pub(crate) async fn accept_peer(ctx: Arc<Ctx>, mut s: TcpStream, from: SocketAdd
     if let Err(e) = s.write_all(&ack.encode(d)).await {
         return reject(&ctx, from, &format!("cannot send PEER HELLO ACK: {e}"));
     }
-    if let Some(secret) = ctx.secret() {
+    let secret = ctx.secret();
+    if let Some(secret) = &secret {
         let me = Endpoint {
             content: h.dst.content,
             dbid: ctx.settings.dbid,
@@ -685,26 +785,34 @@ pub(crate) async fn accept_peer(ctx: Arc<Ctx>, mut s: TcpStream, from: SocketAdd
         };
         let r = tokio::time::timeout(
             ctx.settings.handshake_timeout,
-            authenticate_connector(&ctx, &mut s, &mut buf, &secret, me, h.src),
+            authenticate_connector(&ctx, &mut s, &mut buf, secret, me, h.src),
         )
         .await;
-        match r {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return reject(&ctx, from, &format!("dbid {}: {e}", h.src.dbid)),
+        let failed = match r {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) if e.to_string().contains("authentication") => Some(e.to_string()),
+            Ok(Err(e)) => Some(format!(
+                "peer authentication failed: {e} (is ic_proxy.peer_auth_secret_file set on dbid {}, with the same secret?)",
+                h.src.dbid
+            )),
             Err(_) => {
                 ctx.status.counters.auth_failures.fetch_add(1, Relaxed);
-                return reject(
-                    &ctx,
-                    from,
-                    &format!(
-                        "dbid {} did not answer the authentication challenge (a C proxy, or no ic_proxy.peer_auth_secret_file there?)",
-                        h.src.dbid
-                    ),
-                );
+                Some(format!(
+                    "peer authentication failed: dbid {} did not answer the challenge (a C proxy, or no ic_proxy.peer_auth_secret_file there?)",
+                    h.src.dbid
+                ))
             }
+        };
+        if let Some(why) = failed {
+            // Shown on the claimed peer's row, unless a working link is
+            // there (an impostor does not get to overwrite its status).
+            if !slot.is_up() {
+                slot.stats.set_error(why.clone());
+            }
+            return reject(&ctx, from, &format!("dbid {}: {why}", h.src.dbid));
         }
     }
-    if slot.accepted.try_send((s, buf)).is_err() {
+    if slot.accepted.try_send((s, buf, secret)).is_err() {
         reject(
             &ctx,
             from,
@@ -928,6 +1036,11 @@ async fn read_link(
                     return format!("malformed packet: {}", explain(ctx, &e, &buf));
                 }
             };
+            if link.is_cancelled() {
+                // Ended from this side (a reload requires another secret):
+                // not one more packet of it is taken.
+                return "closed".to_string();
+            }
             slot.stats.packets_in.fetch_add(1, Relaxed);
             slot.stats
                 .bytes_in
@@ -974,12 +1087,21 @@ async fn read_link(
         tokio::select! {
             _ = link.cancelled() => return "closed".to_string(),
             r = rd.read_buf(&mut buf) => match r {
-                Ok(0) => return "the peer closed the connection".to_string(),
+                Ok(0) => return PEER_CLOSED.to_string(),
                 Ok(_) => {}
                 Err(e) => return format!("read failed: {e}"),
             },
         }
     }
+}
+
+/// Why a link ended when its peer closed it.
+const PEER_CLOSED: &str = "the peer closed the connection";
+
+/// A mutex's guard; a panic elsewhere while it was held leaves nothing
+/// half-done here (plain values are swapped whole).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// A DATA packet longer than `ic_proxy.max_packet_size` allows: its logical

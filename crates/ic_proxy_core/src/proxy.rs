@@ -201,7 +201,8 @@ pub async fn run(
                 ctx.retry_ms.store(next.retry_interval.as_millis() as u64, Relaxed);
                 ctx.registry.set_cache_limits(next.early_cache_bytes, next.early_packet_ttl);
                 if next.peer_secret != current.peer_secret {
-                    // New links use it; established ones were authenticated already.
+                    // New links use it; a link made without it ends now and
+                    // is made again with it.
                     *ctx.secret.write().unwrap_or_else(|p| p.into_inner()) = next.peer_secret.clone();
                     log::info!(
                         "ic-proxy: peer authentication {}",
@@ -212,6 +213,16 @@ pub async fn run(
                     apply_map(&ctx, Some(&current.map), &next.map, &mut injected_peer, &mut listener_token);
                 }
                 ctx.status.counters.map_generation.fetch_add(1, Relaxed);
+                    let slots: Vec<_> = ctx
+                        .peers
+                        .read()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .values()
+                        .cloned()
+                        .collect();
+                    for slot in slots {
+                        slot.require_secret(&next.peer_secret);
+                    }
                 current = next;
             }
         }
