@@ -53,6 +53,9 @@ fn every_entry_of_a_large_map_is_shown_or_counted() {
         &format!("ic_proxy.addresses = '{}'", large_map(4096, my_port)),
     ])
     .expect("start");
+    server
+        .psql("CREATE EXTENSION cloudberry_ic_proxy")
+        .expect("create extension");
     assert_eq!(server.show("ic_proxy.max_status_entries").unwrap(), "4096");
     // All 4,096 entries, each with its own state.
     wait_for(
