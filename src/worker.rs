@@ -142,6 +142,7 @@ fn runtime_config(previous: Option<&RuntimeConfig>) -> RuntimeConfig {
                 }
             },
         },
+        backend_socket: Default::default(),
     }
 }
 

@@ -19,5 +19,5 @@ mod route;
 
 pub use peer::PROBE_SESSION_ID;
 pub use proxy::{bind_backend_socket, run, Listeners, ProxyError};
-pub use settings::{socket_path, ProxySettings, RuntimeConfig};
+pub use settings::{socket_path, BackendSocket, ProxySettings, RuntimeConfig};
 pub use status::{PeerSnapshot, PeerState, StatusBoard, StatusSnapshot, TrimPolicy};

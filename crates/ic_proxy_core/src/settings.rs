@@ -80,3 +80,21 @@ impl RuntimeConfig {
         }
     }
 }
+    /// Where backends reach the proxy now: a sidecar follows its server's
+    /// restarts (the path names the postmaster's pid) and serves no socket
+    /// while the server is down.
+    pub backend_socket: BackendSocket,
+}
+
+/// The backend socket a runtime serves.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum BackendSocket {
+    /// [`ProxySettings::socket_path`] (the extension's worker, `ic-proxy
+    /// run --pid`).
+    #[default]
+    FromSettings,
+    /// This path instead (a sidecar after its server restarted).
+    At(PathBuf),
+    /// None, and why (a sidecar whose server is down).
+    Off(String),
+            backend_socket: BackendSocket::FromSettings,

@@ -134,6 +134,7 @@ impl Mesh {
             early_packet_ttl: self.opts.early_packet_ttl,
             retry_interval: Duration::from_millis(200),
             peer_secret: self.opts.peer_secret.clone(),
+            backend_socket: Default::default(),
         }
     }
 
