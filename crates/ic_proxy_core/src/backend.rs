@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::flow::RecvCredit;
 use crate::peer::{read_packet, OutFrame, PeerSlot};
+use crate::pending::Pending;
 use crate::protocol::{LogicalConnKey, PacketType};
 use crate::proxy::Ctx;
 use crate::route::{Arrival, Delivery, RouteCache, SessionShared, PACKET_COST};
@@ -85,7 +86,8 @@ impl Outbound<'_> {
     }
 }
 
-pub(crate) async fn run_session(ctx: Arc<Ctx>, stream: UnixStream) {
+/// `pending` counts the connection as in its handshake until its HELLO is in.
+pub(crate) async fn run_session(ctx: Arc<Ctx>, stream: UnixStream, pending: Pending) {
     let (mut rd, mut wr) = stream.into_split();
     // Only the HELLO is read now; data buffers come when data does.
     let mut buf = BytesMut::new();
@@ -99,6 +101,7 @@ pub(crate) async fn run_session(ctx: Arc<Ctx>, stream: UnixStream) {
         Ok(Err(e)) => return refuse(&ctx, &e.to_string()),
         Err(_) => return refuse(&ctx, "no HELLO in time"),
     };
+    drop(pending);
     let h = hello.header;
     if h.ptype != PacketType::Hello {
         return refuse(&ctx, &format!("expected HELLO, got {}", h.ptype));

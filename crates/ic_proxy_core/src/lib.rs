@@ -8,6 +8,7 @@ pub mod cache;
 pub mod config;
 pub mod fd_limit;
 pub mod flow;
+pub mod pending;
 pub mod protocol;
 pub mod settings;
 pub mod status;

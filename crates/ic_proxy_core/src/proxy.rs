@@ -6,10 +6,12 @@
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, UnixListener};
@@ -20,6 +22,9 @@ use tokio_util::task::TaskTracker;
 use crate::backend::run_session;
 use crate::config::{AddressMap, PeerAddr};
 use crate::peer::{accept_peer, OutFrame, PeerSlot};
+use crate::pending::{
+    soft_nofile_limit, AcceptFailure, AdmissionCaps, Pending, PendingLimits, SpareDescriptor,
+};
 use crate::protocol::{IcTcpFramer, PacketDecoder, PacketType};
 use crate::route::{Arrival, ByeOwed, Registry};
 use crate::settings::{ProxySettings, RuntimeConfig};
@@ -392,6 +397,9 @@ async fn serve_peers(
     mut injected: Option<TcpListener>,
     token: CancellationToken,
 ) {
+    let caps = AdmissionCaps::new(&ctx.settings, soft_nofile_limit());
+    let pending = PendingLimits::new(caps.pending_peers, caps.pending_peers_per_source);
+    let mut recovery = AcceptRecovery::new("peer", &caps);
     let mut last_error = String::new();
     loop {
         let listener = match injected.take() {
@@ -427,32 +435,156 @@ async fn serve_peers(
             };
             match accepted {
                 Ok((s, from)) => {
-                    ctx.tracker.spawn(accept_peer(ctx.clone(), s, from));
-                }
-                Err(e) if is_transient(&e) => {
-                    log::warn!("ic-proxy: accepting a peer failed: {e}");
-                    // Out of descriptors or the like: let it pass.
-                    tokio::select! {
-                        _ = token.cancelled() => return,
-                        _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    // Refused: closed here, when `s` drops.
+                    if let Some(admitted) = admit_peer(&ctx, &caps, &pending, &s, from) {
+                        let ctx2 = ctx.clone();
+                        // accept_peer returns once the handshake is over
+                        // (the link then runs in the peer's slot).
+                        ctx.tracker.spawn(async move {
+                            accept_peer(ctx2, s, from).await;
+                            drop(admitted);
+                        });
                     }
                 }
-                Err(e) => {
-                    ctx.status
-                        .peer_listener
-                        .set_failed(format!("accept failed: {e}"));
-                    break;
-                }
+                Err(e) => match AcceptFailure::of(&e) {
+                    AcceptFailure::Fatal => {
+                        ctx.status
+                            .peer_listener
+                            .set_failed(format!("accept failed: {e}"));
+                        break;
+                    }
+                    failure => {
+                        let shed = |cx: &mut Context<'_>| listener.poll_accept(cx).map_ok(drop);
+                        if !recovery.ride_out(&ctx, failure, &e, &token, shed).await {
+                            return;
+                        }
+                    }
+                },
             }
         }
     }
 }
 
-fn is_transient(e: &io::Error) -> bool {
-    // EMFILE, ENFILE, ENOMEM, ENOBUFS, ECONNABORTED, ECONNRESET: the listener
-    // itself is fine.
-    matches!(e.raw_os_error(), Some(24 | 23 | 12 | 105 | 103 | 104))
-        || e.kind() == io::ErrorKind::Interrupted
+/// Pause after an accept that failed for want of memory, or of descriptors
+/// with no spare to shed the connection with: short enough that a backend
+/// hardly notices, long enough that the listener does not spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// Some(guard) when a new peer connection may start its handshake, which it
+/// is in until the guard drops. None: it was refused, counted and logged,
+/// and the caller closes it at once.
+fn admit_peer(
+    ctx: &Ctx,
+    caps: &AdmissionCaps,
+    pending: &Arc<PendingLimits>,
+    s: &tokio::net::TcpStream,
+    from: SocketAddr,
+) -> Option<Pending> {
+    let why = match caps.short_of_descriptors(s.as_raw_fd().max(0) as usize) {
+        Some(why) => why,
+        None => match pending.admit(Some(from.ip())) {
+            Ok(admitted) => return Some(admitted),
+            Err(refusal) => refusal.to_string(),
+        },
+    };
+    // A reset, not a FIN: a flood of refused connections leaves no
+    // TIME_WAIT behind here.
+    let _ = socket2::SockRef::from(s).set_linger(Some(Duration::ZERO));
+    refuse_connection(ctx, || {
+        format!("ic-proxy: refused peer connection from {from}: {why}")
+    });
+    None
+}
+
+/// The same for a backend connection: only the total is capped (a Unix
+/// peer has no address), and the descriptor reserve is theirs to use.
+fn admit_backend(ctx: &Ctx, pending: &Arc<PendingLimits>) -> Option<Pending> {
+    pending
+        .admit(None)
+        .inspect_err(|refusal| {
+            refuse_connection(ctx, || {
+                format!("ic-proxy: refused backend connection: {refusal}")
+            })
+        })
+        .ok()
+}
+
+fn refuse_connection(ctx: &Ctx, line: impl FnOnce() -> String) {
+    ctx.status
+        .counters
+        .rejected_connections
+        .fetch_add(1, Relaxed);
+    ctx.refusals.warn("refused connections", line);
+}
+
+/// What a listener keeps to get past a failed accept without spinning.
+struct AcceptRecovery {
+    /// "peer" or "backend", for the log.
+    what: &'static str,
+    spare: SpareDescriptor,
+    /// The open files limit at start, for the log: /proc cannot be read
+    /// when no descriptor is left.
+    nofile: Option<usize>,
+}
+
+impl AcceptRecovery {
+    fn new(what: &'static str, caps: &AdmissionCaps) -> AcceptRecovery {
+        AcceptRecovery {
+            what,
+            spare: SpareDescriptor::open(),
+            nofile: caps.nofile,
+        }
+    }
+
+    /// Out of descriptors, the spare is given up so that a waiting
+    /// connection can be accepted (by `shed`, which closes it) and the spare
+    /// taken back: each failure drains one connection from the queue. Linux
+    /// reports EMFILE before it looks at the queue, so there may be none:
+    /// then the listener just waits for the next one. Anything else (or no
+    /// spare) waits [`ACCEPT_BACKOFF`]. Logged rate-limited; false when
+    /// `token` was cancelled meanwhile.
+    async fn ride_out(
+        &mut self,
+        ctx: &Ctx,
+        failure: AcceptFailure,
+        e: &io::Error,
+        token: &CancellationToken,
+        mut shed: impl FnMut(&mut Context<'_>) -> Poll<io::Result<()>>,
+    ) -> bool {
+        let what = self.what;
+        match failure {
+            AcceptFailure::ConnectionGone => return true,
+            AcceptFailure::OutOfDescriptors if self.spare.release() => {
+                // Only a connection already waiting: never wait for one here.
+                let shed = std::future::poll_fn(|cx| Poll::Ready(shed(cx))).await;
+                self.spare.restore();
+                match shed {
+                    // Nothing waiting; the listener's readiness is cleared.
+                    Poll::Pending => return true,
+                    Poll::Ready(Ok(())) => {
+                        let limit = self.nofile.map_or("unlimited".into(), |n| n.to_string());
+                        refuse_connection(ctx, || {
+                            format!(
+                                "ic-proxy: accepting a {what} connection failed ({e}); closed it with the spare descriptor; raise the open files limit ({limit})"
+                            )
+                        });
+                        return true;
+                    }
+                    Poll::Ready(Err(_)) => {}
+                }
+            }
+            _ => {}
+        }
+        ctx.refusals.warn("accept failures", || {
+            format!(
+                "ic-proxy: accepting a {what} connection failed ({e}); retrying in {ACCEPT_BACKOFF:?}"
+            )
+        });
+        tokio::select! {
+            _ = token.cancelled() => false,
+            _ = tokio::time::sleep(ACCEPT_BACKOFF) => true,
+        }
+    }
 }
 
 /// Makes the backend socket: a file left by a dead process is replaced; a
@@ -484,6 +616,17 @@ async fn serve_backends(ctx: Arc<Ctx>, injected: Option<UnixListener>) {
     let path = ctx.settings.socket_path.clone();
     let mut injected = injected;
     let mut last_error = String::new();
+    let caps = AdmissionCaps::new(&ctx.settings, soft_nofile_limit());
+    log::info!(
+        "ic-proxy: connections in their handshake: at most {} from peers ({} per address), {} from backends; the peer listener leaves the last {} descriptors (open files limit {}) to backends",
+        caps.pending_peers,
+        caps.pending_peers_per_source,
+        caps.pending_backends,
+        caps.reserve,
+        caps.nofile.map_or("unlimited".into(), |n| n.to_string())
+    );
+    let pending = PendingLimits::new(caps.pending_backends, caps.pending_backends);
+    let mut recovery = AcceptRecovery::new("backend", &caps);
     loop {
         let listener = match injected.take() {
             Some(l) => Ok(l),
@@ -519,21 +662,26 @@ async fn serve_backends(ctx: Arc<Ctx>, injected: Option<UnixListener>) {
             };
             match accepted {
                 Ok((s, _)) => {
-                    ctx.tracker.spawn(run_session(ctx.clone(), s));
-                }
-                Err(e) if is_transient(&e) => {
-                    log::warn!("ic-proxy: accepting a backend failed: {e}");
-                    tokio::select! {
-                        _ = ctx.shutdown.cancelled() => return,
-                        _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    // Refused: closed here, when `s` drops.
+                    if let Some(admitted) = admit_backend(&ctx, &pending) {
+                        ctx.tracker.spawn(run_session(ctx.clone(), s, admitted));
                     }
                 }
-                Err(e) => {
-                    ctx.status
-                        .backend_listener
-                        .set_failed(format!("accept failed: {e}"));
-                    break;
-                }
+                Err(e) => match AcceptFailure::of(&e) {
+                    AcceptFailure::Fatal => {
+                        ctx.status
+                            .backend_listener
+                            .set_failed(format!("accept failed: {e}"));
+                        break;
+                    }
+                    failure => {
+                        let shed = |cx: &mut Context<'_>| listener.poll_accept(cx).map_ok(drop);
+                        let token = &ctx.shutdown;
+                        if !recovery.ride_out(&ctx, failure, &e, token, shed).await {
+                            return;
+                        }
+                    }
+                },
             }
         }
     }

@@ -36,6 +36,22 @@ pub struct ProxySettings {
     /// DATA bytes all logical connections to one peer may queue in this
     /// proxy while its link is busy; past it, their backends wait.
     pub peer_queue_bytes: usize,
+    /// Peer connections that may wait for their PEER_HELLO (and the rest of
+    /// the handshake) at once; a new one past it is closed at once. None: a
+    /// quarter of the descriptor limit at start (an N-instance cluster makes
+    /// at most N-1 peer handshakes at once).
+    pub max_pending_peers: Option<usize>,
+    /// The same per source address (IPv6: per /64); default
+    /// [`crate::pending::DEFAULT_PENDING_PEERS_PER_SOURCE`].
+    pub max_pending_peers_per_source: usize,
+    /// Backend connections that may wait for their HELLO at once; a new one
+    /// past it is closed at once. None: a quarter of the descriptor limit at
+    /// start (a backend sends its HELLO as soon as it connects).
+    pub max_pending_backends: Option<usize>,
+    /// Descriptors the peer listener leaves to backends: a peer connection
+    /// accepted with fewer than this many left is closed at once. None: an
+    /// eighth of the descriptor limit at start.
+    pub descriptor_reserve: Option<usize>,
 }
 
 /// Default of [`ProxySettings::peer_queue_bytes`]: 16 MiB.
@@ -53,6 +69,10 @@ impl ProxySettings {
             handshake_timeout: Duration::from_secs(10),
             first_dial_delay: Duration::from_millis(100),
             peer_queue_bytes: DEFAULT_PEER_QUEUE_BYTES,
+            max_pending_peers: None,
+            max_pending_peers_per_source: crate::pending::DEFAULT_PENDING_PEERS_PER_SOURCE,
+            max_pending_backends: None,
+            descriptor_reserve: None,
         }
     }
 }
