@@ -169,11 +169,11 @@ unsafe extern "C-unwind" fn attach_rows() {
 }
 
 /// The row array; only under the lock of the guard `_held`.
-fn rows_mut<'a>(_held: &'a mut StatusArea) -> &'a mut [PeerRow] {
+fn rows_mut(_held: &mut StatusArea) -> &mut [PeerRow] {
     // SAFETY: ROWS points to ROWS_CAPACITY rows of shared memory that live
     // as long as the server; the caller holds STATUS exclusively.
     unsafe {
-        let (p, n) = (*(&raw const ROWS), *(&raw const ROWS_CAPACITY));
+        let (p, n) = (ROWS, ROWS_CAPACITY);
         if p.is_null() {
             return &mut [];
         }
@@ -184,7 +184,7 @@ fn rows_mut<'a>(_held: &'a mut StatusArea) -> &'a mut [PeerRow] {
 fn rows_ref(_held: &StatusArea) -> &[PeerRow] {
     // SAFETY: as rows_mut, under a shared lock.
     unsafe {
-        let (p, n) = (*(&raw const ROWS), *(&raw const ROWS_CAPACITY));
+        let (p, n) = (ROWS, ROWS_CAPACITY);
         if p.is_null() {
             return &[];
         }
