@@ -118,13 +118,13 @@ pub async fn run(
 ) -> Result<(), ProxyError> {
     settings.flow.validate().map_err(ProxyError::Flow)?;
     let cfg = config.borrow_and_update().clone();
+    let (registry, owed) =
+        Registry::new(status.clone(), cfg.early_cache_bytes, cfg.early_packet_ttl);
     let ctx = Arc::new(Ctx {
         decoder: PacketDecoder::new(settings.dialect, settings.max_packet_size),
         framer: IcTcpFramer {
             max_packet_size: settings.max_packet_size,
         },
-    let (registry, owed) =
-        Registry::new(status.clone(), cfg.early_cache_bytes, cfg.early_packet_ttl);
         registry,
         settings,
         status,
@@ -177,17 +177,17 @@ pub async fn run(
         });
     }
 
-    let mut listener_token = None;
-    apply_map(
-        &ctx,
-        None,
-        &cfg.map,
     {
         let ctx2 = ctx.clone();
         ctx.tracker
             .spawn(async move { send_owed_byes(ctx2, owed).await });
     }
 
+    let mut listener_token = None;
+    apply_map(
+        &ctx,
+        None,
+        &cfg.map,
         &mut injected_peer,
         &mut listener_token,
     );
@@ -213,11 +213,6 @@ pub async fn run(
                         "ic-proxy: peer authentication {}",
                         if next.peer_secret.is_some() { "on" } else { "off" }
                     );
-                }
-                if next.map != current.map {
-                    apply_map(&ctx, Some(&current.map), &next.map, &mut injected_peer, &mut listener_token);
-                }
-                ctx.status.counters.map_generation.fetch_add(1, Relaxed);
                     let slots: Vec<_> = ctx
                         .peers
                         .read()
@@ -228,6 +223,11 @@ pub async fn run(
                     for slot in slots {
                         slot.require_secret(&next.peer_secret);
                     }
+                }
+                if next.map != current.map {
+                    apply_map(&ctx, Some(&current.map), &next.map, &mut injected_peer, &mut listener_token);
+                }
+                ctx.status.counters.map_generation.fetch_add(1, Relaxed);
                 current = next;
             }
         }
@@ -255,11 +255,6 @@ pub async fn run(
     Ok(())
 }
 
-/// Brings the peers in line with `new` (all of it when `old` is None).
-/// When this instance's own entry changes, the peer listener is replaced.
-fn apply_map(
-    ctx: &Arc<Ctx>,
-    old: Option<&AddressMap>,
 /// Sends the BYEs the registry owes the senders of logical connections it
 /// ended (dropped from the early cache, or cut for a bad packet), so their
 /// backends' sockets close instead of waiting forever.
@@ -288,6 +283,11 @@ async fn send_owed_byes(ctx: Arc<Ctx>, mut owed: mpsc::UnboundedReceiver<ByeOwed
     }
 }
 
+/// Brings the peers in line with `new` (all of it when `old` is None).
+/// When this instance's own entry changes, the peer listener is replaced.
+fn apply_map(
+    ctx: &Arc<Ctx>,
+    old: Option<&AddressMap>,
     new: &AddressMap,
     injected: &mut Option<TcpListener>,
     listener: &mut Option<CancellationToken>,

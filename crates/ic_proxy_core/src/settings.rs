@@ -87,19 +87,6 @@ pub struct RuntimeConfig {
     /// The shared secret of peer authentication; None: peers are not
     /// authenticated (C proxies can join).
     pub peer_secret: Option<Arc<[u8]>>,
-}
-
-impl RuntimeConfig {
-    pub fn new(map: AddressMap) -> Self {
-        RuntimeConfig {
-            map,
-            early_cache_bytes: 64 << 20,
-            early_packet_ttl: Duration::from_secs(60),
-            retry_interval: Duration::from_secs(1),
-            peer_secret: None,
-        }
-    }
-}
     /// Where backends reach the proxy now: a sidecar follows its server's
     /// restarts (the path names the postmaster's pid) and serves no socket
     /// while the server is down.
@@ -117,4 +104,17 @@ pub enum BackendSocket {
     At(PathBuf),
     /// None, and why (a sidecar whose server is down).
     Off(String),
+}
+
+impl RuntimeConfig {
+    pub fn new(map: AddressMap) -> Self {
+        RuntimeConfig {
+            map,
+            early_cache_bytes: 64 << 20,
+            early_packet_ttl: Duration::from_secs(60),
+            retry_interval: Duration::from_secs(1),
+            peer_secret: None,
             backend_socket: BackendSocket::FromSettings,
+        }
+    }
+}
