@@ -87,15 +87,36 @@ pub struct RunArgs {
     /// A file holding the address map; SIGHUP re-reads it
     #[arg(long, value_name = "FILE")]
     pub addresses_file: Option<PathBuf>,
-    /// This instance's dbid; its peer address is its entry in the map
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
-    pub dbid: u16,
+    /// This instance's dbid; its peer address is its entry in the map.
+    /// With --data-dir: gp_dbid of DIR/internal.auto.conf when not given
+    #[arg(
+        long,
+        value_name = "N",
+        value_parser = clap::value_parser!(u16).range(1..),
+        required_unless_present = "data_dir"
+    )]
+    pub dbid: Option<u16>,
     /// The postmaster port in the socket name
-    #[arg(long, value_name = "P")]
-    pub port: u16,
+    #[arg(
+        long,
+        value_name = "P",
+        required_unless_present = "data_dir",
+        conflicts_with = "data_dir"
+    )]
+    pub port: Option<u16>,
     /// The postmaster pid in the socket name
-    #[arg(long, value_name = "PID")]
-    pub pid: u32,
+    #[arg(
+        long,
+        value_name = "PID",
+        required_unless_present = "data_dir",
+        conflicts_with = "data_dir"
+    )]
+    pub pid: Option<u32>,
+    /// Sidecar: follow the server in this data directory. Port and
+    /// postmaster pid come from its postmaster.pid, read every 500 ms: the
+    /// socket follows restarts, and none is served while the server is down
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
     /// Directory of the backend socket .s.PGSQL.ic_proxy.<port>.<pid>
     #[arg(long, value_name = "DIR", default_value = DEFAULT_SOCKET_DIR)]
     pub socket_dir: PathBuf,
@@ -116,12 +137,6 @@ pub struct RunArgs {
     /// authenticated, as with the C proxy
     #[arg(long, value_name = "FILE")]
     pub peer_auth_secret_file: Option<PathBuf>,
-}
-
-impl RunArgs {
-    pub fn socket_path(&self) -> PathBuf {
-        socket_path(&self.socket_dir, self.port, self.pid)
-    }
 }
 
 /// One logical connection, as the backend at this end knows it.
@@ -309,6 +324,40 @@ mod tests {
         );
         assert!(parse_packet_size("65472").is_err());
         assert!(parse_packet_size("8k").is_err());
+    }
+
+    #[test]
+    fn data_dir_replaces_port_and_pid_and_may_replace_dbid() {
+        let parse = |extra: &[&str]| {
+            let argv = ["ic-proxy", "run", "--addresses", "1:-1:h:1"]
+                .into_iter()
+                .chain(extra.iter().copied());
+            match Cli::try_parse_from(argv).map(|c| c.command) {
+                Ok(Command::Run(a)) => Ok(a),
+                Ok(other) => panic!("{other:?}"),
+                Err(e) => Err(e.kind()),
+            }
+        };
+        let a = parse(&["--data-dir", "/d"]).unwrap();
+        assert_eq!((a.dbid, a.port, a.pid), (None, None, None));
+        assert_eq!(
+            parse(&["--data-dir", "/d", "--dbid", "3"]).unwrap().dbid,
+            Some(3)
+        );
+        assert!(parse(&["--dbid", "1", "--port", "1", "--pid", "2"]).is_ok());
+        use clap::error::ErrorKind;
+        assert_eq!(
+            parse(&["--data-dir", "/d", "--pid", "2"]).unwrap_err(),
+            ErrorKind::ArgumentConflict
+        );
+        assert_eq!(
+            parse(&["--data-dir", "/d", "--port", "2"]).unwrap_err(),
+            ErrorKind::ArgumentConflict
+        );
+        assert_eq!(
+            parse(&["--port", "1", "--pid", "2"]).unwrap_err(),
+            ErrorKind::MissingRequiredArgument
+        );
     }
 
     #[test]

@@ -13,6 +13,7 @@ mod logger;
 mod map_source;
 mod memory;
 mod proxy;
+mod sidecar;
 
 use std::process::ExitCode;
 

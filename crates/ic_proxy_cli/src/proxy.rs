@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::args::RunArgs;
 use crate::map_source::{problem_lines, LoadError, MapSource};
+use crate::sidecar::{describe_backend_socket, ServerFollower};
 use crate::{count, EXIT_FAILURE, EXIT_USAGE};
 
 /// How long runtime threads may linger once the proxy has stopped; the core
@@ -42,7 +43,14 @@ pub fn run_proxy(args: RunArgs) -> ExitCode {
         }
     };
 
-    let mut settings = ProxySettings::new(args.dbid, args.socket_path());
+    let identity = match crate::sidecar::identity(&args) {
+        Ok(identity) => identity,
+        Err(e) => {
+            eprintln!("ic-proxy: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let mut settings = ProxySettings::new(identity.dbid, identity.socket_path.clone());
     // --pid names the socket after the postmaster; PEER_HELLO carries the
     // proxy's own pid, as the C proxy sends MyProcPid.
     settings.pid = std::process::id() as i32;
@@ -52,6 +60,7 @@ pub fn run_proxy(args: RunArgs) -> ExitCode {
         settings.peer_queue_bytes = bytes as usize;
     }
     let mut config = RuntimeConfig::new(map);
+    config.backend_socket = identity.backend_socket();
     if let Some(bytes) = args.early_cache_size {
         config.early_cache_bytes = bytes;
     }
@@ -92,7 +101,15 @@ pub fn run_proxy(args: RunArgs) -> ExitCode {
         }
     };
     let secret_file = args.peer_auth_secret_file.clone();
-    let code = runtime.block_on(serve(settings, config, source, secret_file, fd_limits));
+    let follower = identity.follower;
+    let code = runtime.block_on(serve(
+        settings,
+        config,
+        source,
+        secret_file,
+        fd_limits,
+        follower,
+    ));
     runtime.shutdown_timeout(RUNTIME_GRACE);
     code
 }
@@ -119,6 +136,7 @@ async fn serve(
     source: MapSource,
     secret_file: Option<std::path::PathBuf>,
     fd_limits: ic_proxy_core::fd_limit::FdLimits,
+    follower: Option<ServerFollower>,
 ) -> ExitCode {
     // Before the socket exists, so nobody can signal a proxy that would
     // still die of the default action.
@@ -132,7 +150,7 @@ async fn serve(
     log::info!(
         "ic-proxy: dbid {}: backends connect to {}, peers to {}",
         settings.dbid,
-        settings.socket_path.display(),
+        describe_backend_socket(&settings, &config.backend_socket),
         peer_address(&config.map, settings.dbid)
     );
 
@@ -141,6 +159,9 @@ async fn serve(
     let status = StatusBoard::new();
     status.counters.fd_soft_limit.store(fd_limits.soft, Relaxed);
     status.counters.fd_hard_limit.store(fd_limits.hard, Relaxed);
+    if let Some(follower) = follower {
+        tokio::spawn(follower.follow(config_tx.clone(), shutdown.clone()));
+    }
     let mut proxy = tokio::spawn(run(
         settings,
         config_rx,

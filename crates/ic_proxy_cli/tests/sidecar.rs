@@ -1,0 +1,692 @@
+//! `ic-proxy run --data-dir`, the sidecar beside a server, as a user runs
+//! it: beside a real PostgreSQL 15 server (run as `postgres` by the cluster
+//! harness) it serves the postmaster's socket, follows a restart within 5 s,
+//! serves nothing while the server is stopped and keeps its peer link all
+//! along; and what it does with a data directory that is missing, has no
+//! or a garbled postmaster.pid, or tells no dbid.
+
+use std::fs::File;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use ic_proxy_client::{
+    pattern_payload, ClientOptions, ConnSpec, Endpoint, LogicalConn, RecvItem, StreamDigest,
+};
+use ic_proxy_cluster_tests::{command_as_server_user, pg_bindir, PgInstance};
+
+const BIN: &str = env!("CARGO_BIN_EXE_ic-proxy");
+/// Bound on set-up waits; generous because other builds share the 2 cores.
+const DEADLINE: Duration = Duration::from_secs(60);
+/// What the sidecar promises after a restart.
+const FOLLOW_WITHIN: Duration = Duration::from_secs(5);
+const POLL: Duration = Duration::from_millis(20);
+const STREAM_BYTES: usize = 1 << 20;
+const PAYLOAD: usize = 8188;
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A port nobody listens on right now: bind port 0 and let it go.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind port 0")
+        .port()
+}
+
+/// Polls `probe` until it is true; fails with `what` and `context()` after
+/// `within`.
+fn wait_for(
+    what: &str,
+    within: Duration,
+    mut probe: impl FnMut() -> bool,
+    context: impl Fn() -> String,
+) {
+    let until = Instant::now() + within;
+    while !probe() {
+        assert!(
+            Instant::now() < until,
+            "{what}: not within {within:?}\n{}",
+            context()
+        );
+        thread::sleep(POLL);
+    }
+}
+
+/// The ic-proxy sockets in `dir`, sorted.
+fn proxy_sockets(dir: &Path) -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with(".s.PGSQL.ic_proxy."))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    found.sort();
+    found
+}
+
+fn socket_of(dir: &Path, port: u16, pid: u32) -> PathBuf {
+    dir.join(format!(".s.PGSQL.ic_proxy.{port}.{pid}"))
+}
+
+/// Writes a postmaster.pid as PostgreSQL 15 lays it out, in one rename so
+/// the sidecar never reads half of it.
+fn write_pid_file(data_dir: &Path, contents: &str) {
+    let tmp = data_dir.join("postmaster.pid.tmp");
+    std::fs::write(&tmp, contents).unwrap();
+    std::fs::rename(&tmp, data_dir.join("postmaster.pid")).unwrap();
+}
+
+fn pid_file_text(pid: u32, data_dir: &Path, port: u16, socket_dir: &Path) -> String {
+    format!(
+        "{pid}\n{}\n1700000000\n{port}\n{}\n*\n  {port}001         0\nready   \n",
+        data_dir.display(),
+        socket_dir.display()
+    )
+}
+
+/// One `ic-proxy run` process whose stderr goes to a file, killed if a
+/// test fails before stopping it.
+struct ProxyProcess {
+    child: Child,
+    log: PathBuf,
+}
+
+impl ProxyProcess {
+    fn spawn(log: PathBuf, args: &[&str]) -> ProxyProcess {
+        let child = Command::new(BIN)
+            .arg("run")
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(File::create(&log).expect("log file"))
+            .spawn()
+            .expect("spawn ic-proxy run");
+        ProxyProcess { child, log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn wait_for_log(&mut self, needle: &str) -> String {
+        let until = Instant::now() + DEADLINE;
+        loop {
+            let log = self.log();
+            if log.contains(needle) {
+                return log;
+            }
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                panic!("proxy exited with {status} before logging {needle:?}:\n{log}");
+            }
+            assert!(
+                Instant::now() < until,
+                "{needle:?} not logged within {DEADLINE:?}:\n{log}"
+            );
+            thread::sleep(POLL);
+        }
+    }
+
+    fn is_running(&mut self) -> bool {
+        self.child.try_wait().expect("try_wait").is_none()
+    }
+
+    /// SIGTERM and a clean stop: exit 0.
+    fn stop(&mut self) {
+        // SAFETY: kill(2) with a pid we spawned and have not yet reaped.
+        let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        assert_eq!(rc, 0);
+        let status = wait_exit(&mut self.child, Duration::from_secs(20));
+        assert!(
+            status.success(),
+            "proxy exited with {status}:\n{}",
+            self.log()
+        );
+    }
+}
+
+impl Drop for ProxyProcess {
+    fn drop(&mut self) {
+        if self.is_running() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn wait_exit(child: &mut Child, within: Duration) -> ExitStatus {
+    let until = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return status;
+        }
+        if Instant::now() >= until {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("ic-proxy did not exit within {within:?}");
+        }
+        thread::sleep(POLL);
+    }
+}
+
+/// 1 MB over one logical connection: a sender behind `from` (dbid 1,
+/// content -1) to a receiver behind `to` (dbid 2, content 0); every byte
+/// checked by digest. Err says which end failed and how.
+fn stream_megabyte(from: &Path, to: &Path, session: i32) -> Result<(), String> {
+    let spec = ConnSpec {
+        session_id: session,
+        command_id: 1,
+        send_slice: 1,
+        recv_slice: 0,
+        local: Endpoint {
+            content: -1,
+            dbid: 1,
+            pid: 101,
+        },
+        remote: Endpoint {
+            content: 0,
+            dbid: 2,
+            pid: 202,
+        },
+    };
+    let opts = ClientOptions::default();
+    let seed = session as u64;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let send = async {
+            let mut tx = LogicalConn::connect(from, spec, &opts)
+                .await
+                .map_err(|e| format!("sender: {e}"))?;
+            let mut expected = StreamDigest::new();
+            let (mut sent, mut index) = (0, 0);
+            while sent < STREAM_BYTES {
+                let len = PAYLOAD.min(STREAM_BYTES - sent);
+                let payload = pattern_payload(seed, index, len);
+                expected.update(&payload);
+                tx.send_packet(&payload)
+                    .await
+                    .map_err(|e| format!("sender after {sent} bytes: {e}"))?;
+                sent += len;
+                index += 1;
+            }
+            tx.finish()
+                .await
+                .map_err(|e| format!("sender finish: {e}"))?;
+            // The sender's end stays open until the receiver is done.
+            Ok::<_, String>((expected, tx))
+        };
+        let recv = async {
+            let mut rx = LogicalConn::connect(to, spec.reversed(), &opts)
+                .await
+                .map_err(|e| format!("receiver: {e}"))?;
+            let mut got = StreamDigest::new();
+            loop {
+                match tokio::time::timeout(DEADLINE, rx.recv()).await {
+                    Ok(Ok(RecvItem::Packet(p))) => got.update(&p),
+                    Ok(Ok(RecvItem::Eof)) => return Ok::<_, String>(got),
+                    other => {
+                        return Err(format!("receiver after {} bytes: {other:?}", got.bytes()))
+                    }
+                }
+            }
+        };
+        let (sent, got) = tokio::join!(send, recv);
+        let (expected, _tx) = sent?;
+        let got = got?;
+        if got.bytes() != STREAM_BYTES as u64 || got != expected {
+            return Err(format!(
+                "received {} bytes (digest {:x}), sent {STREAM_BYTES} (digest {:x})",
+                got.bytes(),
+                got.value(),
+                expected.value()
+            ));
+        }
+        Ok(())
+    })
+}
+
+/// `pg_ctl restart -m fast -w` as the server user.
+fn pg_ctl_restart(pg: &PgInstance) {
+    let out = command_as_server_user(pg_bindir().join("pg_ctl"))
+        .current_dir(pg.root_dir())
+        .arg("-D")
+        .arg(pg.data_dir())
+        .arg("-l")
+        .arg(pg.log_path())
+        .args(["-t", "60", "-m", "fast", "-w", "restart"])
+        .output()
+        .expect("run pg_ctl");
+    assert!(
+        out.status.success(),
+        "pg_ctl restart: {}{}\n{}",
+        text(&out.stdout),
+        text(&out.stderr),
+        pg.log()
+    );
+}
+
+#[test]
+fn the_sidecar_follows_a_real_server_through_restart_and_stop() {
+    let mut pg = PgInstance::start_new(&[]).expect("a PostgreSQL 15 server");
+    let socket_dir = pg.socket_dir();
+    let other_dir = tempfile::tempdir().unwrap();
+    let logs = tempfile::tempdir().unwrap();
+    let map = format!(
+        "1:-1:127.0.0.1:{},2:0:127.0.0.1:{}",
+        free_port(),
+        free_port()
+    );
+    let first_pid = pg.postmaster_pid().expect("the server runs");
+    let first_socket = socket_of(&socket_dir, pg.port(), first_pid);
+
+    let mut sidecar = ProxyProcess::spawn(
+        logs.path().join("sidecar.log"),
+        &[
+            "--addresses",
+            &map,
+            "--dbid",
+            "1",
+            "--data-dir",
+            pg.data_dir().to_str().unwrap(),
+            "--socket-dir",
+            socket_dir.to_str().unwrap(),
+        ],
+    );
+    let other_socket = socket_of(other_dir.path(), 5002, 40_002);
+    let mut other = ProxyProcess::spawn(
+        logs.path().join("other.log"),
+        &[
+            "--addresses",
+            &map,
+            "--dbid",
+            "2",
+            "--port",
+            "5002",
+            "--pid",
+            "40002",
+            "--socket-dir",
+            other_dir.path().to_str().unwrap(),
+        ],
+    );
+    let context = || {
+        format!(
+            "---- sidecar ----\n{}",
+            std::fs::read_to_string(logs.path().join("sidecar.log")).unwrap_or_default()
+        )
+    };
+    wait_for(
+        "the sidecar's socket",
+        DEADLINE,
+        || first_socket.exists(),
+        context,
+    );
+    wait_for(
+        "the other proxy's socket",
+        DEADLINE,
+        || other_socket.exists(),
+        context,
+    );
+    other.wait_for_log("peer dbid 1 (content -1) connected");
+    let log = sidecar.log();
+    assert!(
+        log.contains(&format!(
+            "runs (postmaster pid {first_pid}, port {}); backends connect to {}",
+            pg.port(),
+            first_socket.display()
+        )),
+        "{log}"
+    );
+    stream_megabyte(&first_socket, &other_socket, 1)
+        .unwrap_or_else(|e| panic!("before the restart: {e}\n{}", context()));
+
+    pg_ctl_restart(&pg);
+    let restarted = Instant::now();
+    let second_pid = pg.postmaster_pid().expect("the server runs again");
+    assert_ne!(second_pid, first_pid);
+    let second_socket = socket_of(&socket_dir, pg.port(), second_pid);
+    wait_for(
+        "the restarted server's socket, and the old one gone",
+        FOLLOW_WITHIN,
+        || second_socket.exists() && !first_socket.exists(),
+        || format!("sockets {:?}\n{}", proxy_sockets(&socket_dir), context()),
+    );
+    println!(
+        "sidecar: the new socket served {:?} after pg_ctl restart returned",
+        restarted.elapsed()
+    );
+    assert_eq!(proxy_sockets(&socket_dir), vec![second_socket.clone()]);
+    stream_megabyte(&second_socket, &other_socket, 2)
+        .unwrap_or_else(|e| panic!("after the restart: {e}\n{}", context()));
+
+    pg.stop().expect("pg_ctl stop");
+    wait_for(
+        "no socket while the server is stopped",
+        FOLLOW_WITHIN,
+        || proxy_sockets(&socket_dir).is_empty(),
+        || format!("sockets {:?}\n{}", proxy_sockets(&socket_dir), context()),
+    );
+    sidecar.wait_for_log("postmaster.pid: the server is not running; no backend socket");
+    assert!(sidecar.is_running());
+
+    pg.start().expect("pg_ctl start");
+    let third_pid = pg.postmaster_pid().expect("the server runs again");
+    let third_socket = socket_of(&socket_dir, pg.port(), third_pid);
+    wait_for(
+        "the started server's socket",
+        FOLLOW_WITHIN,
+        || third_socket.exists(),
+        || format!("sockets {:?}\n{}", proxy_sockets(&socket_dir), context()),
+    );
+    stream_megabyte(&third_socket, &other_socket, 3)
+        .unwrap_or_else(|e| panic!("after the stop and start: {e}\n{}", context()));
+
+    // One link all along: made once, never lost, on either end.
+    let other_log = other.log();
+    assert_eq!(
+        other_log
+            .matches("peer dbid 1 (content -1) connected")
+            .count(),
+        1,
+        "{other_log}"
+    );
+    assert!(!other_log.contains("link lost"), "{other_log}");
+    let sidecar_log = sidecar.log();
+    assert!(!sidecar_log.contains("link lost"), "{sidecar_log}");
+    assert!(
+        sidecar_log.contains(&format!(
+            "restarted (postmaster pid {first_pid} -> {second_pid}"
+        )),
+        "{sidecar_log}"
+    );
+
+    sidecar.stop();
+    other.stop();
+    assert!(
+        proxy_sockets(&socket_dir).is_empty(),
+        "{:?}",
+        proxy_sockets(&socket_dir)
+    );
+}
+
+#[test]
+fn the_sidecar_waits_for_a_missing_data_directory_and_postmaster_pid() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let map = format!("1:-1:127.0.0.1:{}", free_port());
+    let mut sidecar = ProxyProcess::spawn(
+        dir.path().join("sidecar.log"),
+        &[
+            "--addresses",
+            &map,
+            "--dbid",
+            "1",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--socket-dir",
+            dir.path().to_str().unwrap(),
+        ],
+    );
+    sidecar.wait_for_log(&format!(
+        "the data directory {} does not exist; no backend socket until the server in {} runs",
+        data.display(),
+        data.display()
+    ));
+    assert!(sidecar.is_running());
+    assert_eq!(proxy_sockets(dir.path()), Vec::<PathBuf>::new());
+
+    std::fs::create_dir(&data).unwrap();
+    sidecar.wait_for_log(&format!(
+        "no {}: the server is not running",
+        data.join("postmaster.pid").display()
+    ));
+    assert!(sidecar.is_running());
+    assert_eq!(proxy_sockets(dir.path()), Vec::<PathBuf>::new());
+
+    // A "server" that is alive: this test process.
+    let me = std::process::id();
+    write_pid_file(&data, &pid_file_text(me, &data, 6543, dir.path()));
+    let socket = socket_of(dir.path(), 6543, me);
+    wait_for(
+        "the socket once postmaster.pid appears",
+        FOLLOW_WITHIN,
+        || socket.exists(),
+        || sidecar.log(),
+    );
+
+    // The file gone again (the server stopped): no socket.
+    std::fs::remove_file(data.join("postmaster.pid")).unwrap();
+    wait_for(
+        "no socket once postmaster.pid is gone",
+        FOLLOW_WITHIN,
+        || !socket.exists(),
+        || sidecar.log(),
+    );
+    // A file left by a crash: its pid is not alive.
+    let dead = {
+        let mut child = Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        child.wait().unwrap();
+        pid
+    };
+    write_pid_file(&data, &pid_file_text(dead, &data, 6543, dir.path()));
+    sidecar.wait_for_log(&format!("names pid {dead}, which is not running"));
+    assert_eq!(proxy_sockets(dir.path()), Vec::<PathBuf>::new());
+
+    let log = sidecar.log();
+    for once in [
+        "does not exist",
+        "the server is not running",
+        "which is not running",
+    ] {
+        assert_eq!(
+            log.matches(once).count(),
+            1,
+            "{once:?} more than once:\n{log}"
+        );
+    }
+    sidecar.stop();
+}
+
+#[test]
+fn a_garbled_postmaster_pid_is_reported_once_and_waited_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    write_pid_file(&data, "garbage\n");
+    let map = format!("1:-1:127.0.0.1:{}", free_port());
+    let mut sidecar = ProxyProcess::spawn(
+        dir.path().join("sidecar.log"),
+        &[
+            "--addresses",
+            &map,
+            "--dbid",
+            "1",
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--socket-dir",
+            dir.path().to_str().unwrap(),
+        ],
+    );
+    let pid_file = data.join("postmaster.pid");
+    sidecar.wait_for_log(&format!(
+        "{} is garbled: it has 1 line(s), and the port is on line 4; no backend socket",
+        pid_file.display()
+    ));
+    let me = std::process::id();
+    write_pid_file(
+        &data,
+        &format!("{me}\n{}\n1700000000\nfivefourthree\n", data.display()),
+    );
+    sidecar.wait_for_log(&format!(
+        "{} is garbled: line 4 \"fivefourthree\" is not a port",
+        pid_file.display()
+    ));
+    assert!(sidecar.is_running());
+    assert_eq!(proxy_sockets(dir.path()), Vec::<PathBuf>::new());
+
+    write_pid_file(&data, &pid_file_text(me, &data, 6544, dir.path()));
+    let socket = socket_of(dir.path(), 6544, me);
+    wait_for(
+        "the socket once postmaster.pid is whole",
+        FOLLOW_WITHIN,
+        || socket.exists(),
+        || sidecar.log(),
+    );
+    let log = sidecar.log();
+    assert_eq!(
+        log.matches("is garbled: it has 1 line(s)").count(),
+        1,
+        "{log}"
+    );
+    assert_eq!(
+        log.matches("\"fivefourthree\" is not a port").count(),
+        1,
+        "{log}"
+    );
+    sidecar.stop();
+    assert!(!socket.exists());
+}
+
+#[test]
+fn without_a_dbid_anywhere_the_sidecar_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let run = |extra: &[&str]| {
+        Command::new(BIN)
+            .args(["run", "--addresses", "1:-1:127.0.0.1:7000", "--data-dir"])
+            .arg(&data)
+            .arg("--socket-dir")
+            .arg(dir.path())
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let conf = data.join("internal.auto.conf");
+    let hint = "hint: Pass --dbid N with this instance's dbid in gp_segment_configuration \
+                (Greenplum 6/7 and Cloudberry keep it as gp_dbid in the data directory's internal.auto.conf).";
+
+    let out = run(&[]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stderr),
+        format!(
+            "ic-proxy: no dbid: --dbid was not given and cannot read {}: No such file or directory (os error 2)\n{hint}\n",
+            conf.display()
+        )
+    );
+
+    std::fs::write(
+        &conf,
+        "# Do not edit this file manually!\ngp_contentid = 0\n",
+    )
+    .unwrap();
+    let out = run(&[]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stderr),
+        format!(
+            "ic-proxy: no dbid: --dbid was not given and {} has no gp_dbid line\n{hint}\n",
+            conf.display()
+        )
+    );
+
+    std::fs::write(&conf, "gp_dbid = 'two'\n").unwrap();
+    let out = run(&[]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains(&format!(
+            "{}: gp_dbid = 'two' is not a dbid in 1..32767",
+            conf.display()
+        )),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // --data-dir names the port and pid: --pid or --port too is a usage error.
+    let out = run(&["--dbid", "1", "--pid", "42"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("cannot be used with"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(proxy_sockets(dir.path()), Vec::<PathBuf>::new());
+}
+
+#[test]
+fn the_sidecar_takes_its_dbid_from_internal_auto_conf() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    std::fs::write(
+        data.join("internal.auto.conf"),
+        "# Do not edit this file manually!\ngp_contentid=0\ngp_dbid = '2'\n",
+    )
+    .unwrap();
+    let me = std::process::id();
+    write_pid_file(&data, &pid_file_text(me, &data, 6545, dir.path()));
+    let map = format!(
+        "1:-1:127.0.0.1:{},2:0:127.0.0.1:{}",
+        free_port(),
+        free_port()
+    );
+    let mut sidecar = ProxyProcess::spawn(
+        dir.path().join("sidecar.log"),
+        &[
+            "--addresses",
+            &map,
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--socket-dir",
+            dir.path().to_str().unwrap(),
+        ],
+    );
+    let other_dir = tempfile::tempdir().unwrap();
+    let mut other = ProxyProcess::spawn(
+        dir.path().join("other.log"),
+        &[
+            "--addresses",
+            &map,
+            "--dbid",
+            "1",
+            "--port",
+            "5001",
+            "--pid",
+            "40001",
+            "--socket-dir",
+            other_dir.path().to_str().unwrap(),
+        ],
+    );
+    let socket = socket_of(dir.path(), 6545, me);
+    let log = sidecar.wait_for_log(&format!(
+        "ic-proxy: dbid 2: backends connect to {}",
+        socket.display()
+    ));
+    assert!(
+        log.contains(&format!(
+            "ic-proxy: dbid 2 (gp_dbid in {})",
+            data.join("internal.auto.conf").display()
+        )),
+        "{log}"
+    );
+    // The mesh sees it as dbid 2, content 0.
+    other.wait_for_log("peer dbid 2 (content 0) connected");
+    wait_for("the socket", DEADLINE, || socket.exists(), || sidecar.log());
+    sidecar.stop();
+    other.stop();
+}
