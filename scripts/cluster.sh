@@ -52,7 +52,10 @@ esac
 bash scripts/setup.sh
 
 echo "== building and installing the extension and the ic-proxy tool (release)"
-cargo pgrx install --release --pg-config "$PG_CONFIG" >/dev/null
+# scripts/install.sh renames each new file over the old one (never writes the
+# library in place), so servers that run it now, this cluster's included,
+# keep their copy until they restart instead of dying of SIGBUS.
+bash scripts/install.sh --release --pg-config "$PG_CONFIG" >/dev/null
 cargo build --release -q -p ic_proxy_cli
 IC_PROXY=$ROOT/target/release/ic-proxy
 

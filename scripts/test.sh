@@ -7,9 +7,12 @@
 #   core     cargo test of the pure crates (unit, property, integration)
 #   bench    ic-proxy-bench --quick: every standalone-proxy scenario at tiny sizes (fails on lost data or a stall only)
 #   pgrx     the #[pg_test]s of src/, in a throw-away server run as postgres
-#   install  cargo pgrx install (debug): the extension the next layers test
+#   install  bash scripts/install.sh (debug): the extension the next layers test, each file
+#            renamed into place (never rewritten in place under a running server)
 #   benchpg  ic-proxy-bench --quick --only pg: the benchmark's smoke test through the worker in two PostgreSQL servers
 #   cluster  pg_regress golden files and cluster tests (pg_test/)
+#   survive  a server started with the library after the pgrx layer is still up, with
+#            the same postmaster and worker, after every later layer (re)installed it
 set -uo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -23,12 +26,21 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 1
 fi
 
-LAYERS=(core bench pgrx install benchpg cluster)
+LAYERS=(core bench pgrx install benchpg cluster survive)
 declare -A STATUS SECS COUNTS TP TF
 
+PGBIN=/usr/lib/postgresql/15/bin
+
 WORK="$(mktemp -d /tmp/ic_proxy_test.XXXXXX)"
-cleanup() { rm -rf "$WORK"; }
+cleanup() {
+  # The survive layer's server, if this run started it and it is still up.
+  if [ -f "$WORK/survive/data/postmaster.pid" ]; then
+    runuser -u "$SERVER_USER" -- "$PGBIN/pg_ctl" -D "$WORK/survive/data" -m immediate -w stop >/dev/null 2>&1
+  fi
+  rm -rf "$WORK"
+}
 trap cleanup EXIT
+trap 'exit 130' INT TERM
 
 summary() {
   local passed=0 failed=0 tests_passed=0 tests_failed=0 layer
@@ -106,6 +118,8 @@ if ! bash scripts/setup.sh; then
   summary
   exit 1
 fi
+# The live library (pg_config is there once the set-up has run).
+LIB="$("$PG_CONFIG" --pkglibdir)/cloudberry_ic_proxy.so"
 
 # Servers run as the server user in temporary directories of their own; let
 # that user also traverse the path to the repository (a clone under a
@@ -123,10 +137,91 @@ run_layer bench bash -c 'cargo build -q -p ic_proxy_cli -p ic_proxy_bench && tar
 PGRX_DATA="$WORK/pgrx-data"
 mkdir -p "$PGRX_DATA"
 chown "$SERVER_USER:" "$WORK" "$PGRX_DATA"
+# `cargo pgrx test --runas` installs its test build with `sudo cp`, which
+# writes the library in place: unlink the live one first, so that cp creates a
+# new file and every running server keeps the inode it has mapped (writing into
+# it kills their workers and postmasters with SIGBUS).
+rm -f "$LIB"
 run_layer pgrx cargo pgrx test pg15 --runas "$SERVER_USER" --pgdata "$PGRX_DATA"
 
-# 3. install: overwrites the pg_test build of layer 2 with the real extension.
-run_layer install cargo pgrx install --pg-config "$PG_CONFIG"
+# survive (started here, checked after the last layer): a throw-away server
+# preloading the library the pgrx layer installed, with a running worker; the
+# later layers install the library again and start and stop other servers.
+SURV="$WORK/survive"
+as_server() { runuser -u "$SERVER_USER" -- "$@"; }
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+surv_sql() { as_server "$PGBIN/psql" -X -q -At -h "$SURV" -p "$(cat "$SURV/port")" -d postgres -c "$1"; }
+survive_start() {
+  local port proxy_port deadline running=""
+  [ -f "$LIB" ] || { echo "survive: no $LIB after the pgrx layer"; return 1; }
+  mkdir -p "$SURV"
+  chown "$SERVER_USER:" "$SURV"
+  as_server "$PGBIN/initdb" -D "$SURV/data" -A trust -U postgres >/dev/null || return 1
+  port=$(free_port) && proxy_port=$(free_port) || return 1
+  echo "$port" > "$SURV/port"
+  printf '%s\n' "port = $port" "listen_addresses = ''" "unix_socket_directories = '$SURV'" \
+    "shared_preload_libraries = 'cloudberry_ic_proxy'" "ic_proxy.dbid = 1" \
+    "ic_proxy.socket_dir = '$SURV'" "ic_proxy.addresses = '1:-1:127.0.0.1:$proxy_port'" \
+    >> "$SURV/data/postgresql.conf"
+  as_server "$PGBIN/pg_ctl" -D "$SURV/data" -l "$SURV/server.log" -w start >/dev/null || { cat "$SURV/server.log"; return 1; }
+  surv_sql "CREATE EXTENSION cloudberry_ic_proxy" || return 1
+  deadline=$((SECONDS + 30))
+  until [ "$running" = t ]; do
+    if [ $SECONDS -ge $deadline ]; then
+      echo "survive: the worker did not come up (running = '$running')"
+      cat "$SURV/server.log"
+      return 1
+    fi
+    sleep 0.2
+    running=$(surv_sql "SELECT running FROM ic_proxy_info()")
+  done
+  head -1 "$SURV/data/postmaster.pid" > "$SURV/postmaster.pid0"
+  surv_sql "SELECT worker_pid FROM ic_proxy_info()" > "$SURV/worker.pid0"
+  echo "survive: server on port $port (postmaster $(cat "$SURV/postmaster.pid0"), proxy worker $(cat "$SURV/worker.pid0"), proxy port $proxy_port) preloads inode $(stat -c %i "$LIB") of $LIB"
+}
+survive_check() {
+  local ok=0 pid worker running
+  cat "$WORK/survive-start.log"
+  if [ ! -f "$SURV/postmaster.pid0" ]; then
+    echo "survive: PROBLEM: no server was started after the pgrx layer (above)"
+    return 1
+  fi
+  echo "survive: $LIB is now inode $(stat -c %i "$LIB" 2>&1)"
+  pid=$(head -1 "$SURV/data/postmaster.pid" 2>/dev/null)
+  if [ "$pid" = "$(cat "$SURV/postmaster.pid0")" ] && kill -0 "$pid" 2>/dev/null; then
+    echo "survive: postmaster $pid still up"
+  else
+    echo "survive: PROBLEM: postmaster $(cat "$SURV/postmaster.pid0") is gone (postmaster.pid: '$pid')"
+    ok=1
+  fi
+  as_server "$PGBIN/pg_ctl" -D "$SURV/data" status || { echo "survive: PROBLEM: pg_ctl status failed"; ok=1; }
+  running=$(surv_sql "SELECT running FROM ic_proxy_info()" 2>&1)
+  worker=$(surv_sql "SELECT worker_pid FROM ic_proxy_info()" 2>&1)
+  if [ "$running" = t ] && [ "$worker" = "$(cat "$SURV/worker.pid0")" ]; then
+    echo "survive: proxy worker $worker still running (ic_proxy_info().running = t)"
+  else
+    echo "survive: PROBLEM: ic_proxy_info() says running = '$running', worker_pid = '$worker' (was $(cat "$SURV/worker.pid0"))"
+    ok=1
+  fi
+  if grep -E 'terminated by signal|was terminated|terminating any other active server processes' "$SURV/server.log"; then
+    echo "survive: PROBLEM: the server log lines above show a crash"
+    ok=1
+  fi
+  if [ -f "$SURV/data/postmaster.pid" ]; then
+    as_server "$PGBIN/pg_ctl" -D "$SURV/data" -m fast -w stop >/dev/null || { echo "survive: PROBLEM: pg_ctl stop failed"; ok=1; }
+  fi
+  if [ $ok -ne 0 ]; then
+    echo "---- the last 30 lines of its server log"
+    tail -n 30 "$SURV/server.log"
+  fi
+  return $ok
+}
+survive_start > "$WORK/survive-start.log" 2>&1
+cat "$WORK/survive-start.log"
+
+# 3. install: replaces the pg_test build of layer 2 with the real extension,
+# each file renamed into place (see scripts/install.sh).
+run_layer install bash scripts/install.sh --pg-config "$PG_CONFIG"
 [ "${STATUS[install]}" = PASS ] && COUNTS[install]="cloudberry_ic_proxy.so in $("$PG_CONFIG" --pkglibdir)"
 
 # 4. benchpg: the bench's scenario pg at tiny sizes, through the workers of
@@ -144,5 +239,8 @@ if [ "${STATUS[install]}" = PASS ]; then
 else
   skip_layer cluster "the install layer failed, so there is no extension to test"
 fi
+
+# 6. survive: the server started after the pgrx layer outlived every later one.
+run_layer survive survive_check
 
 summary
