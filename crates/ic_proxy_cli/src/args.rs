@@ -46,6 +46,12 @@ pub enum Command {
     Recv(RecvArgs),
     /// Validate an address map
     Check(CheckArgs),
+    /// Show a running proxy: itself and one row per map entry (what
+    /// ic_proxy_info() and ic_proxy_status() show), over its control socket
+    Status(StatusArgs),
+    /// Have a running proxy probe its peers through the mesh, as
+    /// ic_proxy_ping() does
+    Ping(PingArgs),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -137,6 +143,10 @@ pub struct RunArgs {
     /// authenticated, as with the C proxy
     #[arg(long, value_name = "FILE")]
     pub peer_auth_secret_file: Option<PathBuf>,
+    /// Serve the status figures in the Prometheus text format at
+    /// http://ADDR/metrics (e.g. 127.0.0.1:9187); off by default
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// One logical connection, as the backend at this end knows it.
@@ -240,6 +250,43 @@ pub struct CheckArgs {
     /// Read the map from this file instead
     #[arg(long, value_name = "FILE")]
     pub file: Option<PathBuf>,
+}
+
+/// Where `status` and `ping` find a running proxy's control socket.
+#[derive(Debug, Args)]
+#[command(group(ArgGroup::new("proxy").required(true).args(["control", "port", "data_dir"])))]
+pub struct ControlArgs {
+    /// The proxy's control socket
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["socket_dir", "port", "data_dir"])]
+    pub control: Option<PathBuf>,
+    /// With --port or --data-dir: the proxy's socket directory [default: /tmp]
+    #[arg(long, value_name = "DIR")]
+    pub socket_dir: Option<PathBuf>,
+    /// The postmaster port the proxy was started with (run --port)
+    #[arg(long, value_name = "P", conflicts_with = "data_dir")]
+    pub port: Option<u16>,
+    /// A data directory whose postmaster.pid names the port (its line 4)
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Print JSON instead of aligned text
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub control: ControlArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct PingArgs {
+    #[command(flatten)]
+    pub control: ControlArgs,
+    /// Probe only this map entry [default: every peer this instance
+    /// exchanges traffic with]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=32767))]
+    pub dbid: Option<u16>,
 }
 
 fn parse_dialect(s: &str) -> Result<Dialect, String> {

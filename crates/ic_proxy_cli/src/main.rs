@@ -9,9 +9,13 @@
 
 mod args;
 mod backend;
+mod control;
 mod logger;
 mod map_source;
 mod memory;
+mod metrics;
+mod observe;
+mod ping;
 mod proxy;
 mod sidecar;
 
@@ -47,6 +51,8 @@ fn main() -> ExitCode {
         Command::Send(a) => backend::send(a),
         Command::Recv(a) => backend::recv(a),
         Command::Check(a) => map_source::check(a),
+        Command::Status(a) => observe::status(a),
+        Command::Ping(a) => observe::ping(a),
     }
 }
 

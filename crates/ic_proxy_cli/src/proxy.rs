@@ -102,6 +102,14 @@ pub fn run_proxy(args: RunArgs) -> ExitCode {
     };
     let secret_file = args.peer_auth_secret_file.clone();
     let follower = identity.follower;
+    let observe = crate::control::Observe {
+        // A sidecar (--data-dir) starts none yet: its port is its server's.
+        control: args
+            .port
+            .map(|port| crate::control::control_path(&args.socket_dir, port)),
+        metrics: args.metrics_listen,
+        threads: args.threads,
+    };
     let code = runtime.block_on(serve(
         settings,
         config,
@@ -109,6 +117,7 @@ pub fn run_proxy(args: RunArgs) -> ExitCode {
         secret_file,
         fd_limits,
         follower,
+        observe,
     ));
     runtime.shutdown_timeout(RUNTIME_GRACE);
     code
@@ -137,6 +146,7 @@ async fn serve(
     secret_file: Option<std::path::PathBuf>,
     fd_limits: ic_proxy_core::fd_limit::FdLimits,
     follower: Option<ServerFollower>,
+    observe: crate::control::Observe,
 ) -> ExitCode {
     // Before the socket exists, so nobody can signal a proxy that would
     // still die of the default action.
@@ -159,6 +169,20 @@ async fn serve(
     let status = StatusBoard::new();
     status.counters.fd_soft_limit.store(fd_limits.soft, Relaxed);
     status.counters.fd_hard_limit.store(fd_limits.hard, Relaxed);
+    let view = crate::control::ProxyView::new(
+        &settings,
+        observe.threads,
+        status.clone(),
+        config_rx.clone(),
+    );
+    let observers =
+        match crate::control::Observers::start(&observe, Arc::new(view), &shutdown).await {
+            Ok(o) => o,
+            Err(e) => {
+                log::error!("ic-proxy: {e}");
+                return ExitCode::from(EXIT_USAGE);
+            }
+        };
     if let Some(follower) = follower {
         tokio::spawn(follower.follow(config_tx.clone(), shutdown.clone()));
     }
@@ -198,6 +222,7 @@ async fn serve(
     }
     shutdown.cancel();
     let code = exit_code(proxy.await);
+    observers.stop().await;
     log::info!("ic-proxy: stopped");
     code
 }
