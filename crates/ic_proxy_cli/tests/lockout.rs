@@ -279,7 +279,7 @@ fn tcp_flood(port: u16, n: usize) -> Vec<TcpStream> {
                 .expect("bind a loopback source address");
             match s.connect_timeout(&target.into(), DEADLINE) {
                 Ok(()) => {}
-                // Connected, then refused with a reset before connect saw it.
+                // Connected, then refused (and reset) before connect saw it.
                 Err(e) if e.kind() == ErrorKind::ConnectionReset => {}
                 Err(e) => panic!("flood connection {i}: {e}"),
             }

@@ -487,9 +487,6 @@ fn admit_peer(
             Err(refusal) => refusal.to_string(),
         },
     };
-    // A reset, not a FIN: a flood of refused connections leaves no
-    // TIME_WAIT behind here.
-    let _ = socket2::SockRef::from(s).set_linger(Some(Duration::ZERO));
     refuse_connection(ctx, || {
         format!("ic-proxy: refused peer connection from {from}: {why}")
     });
