@@ -69,6 +69,7 @@ pub struct StatusArea {
     pub dropped_packets: u64,
     pub flow_violations: u64,
     pub auth_failures: u64,
+    pub socket_takeovers: u64,
     /// Rows written beside the header (at most the area's capacity).
     pub npeers: u32,
     /// Map entries the worker had; `total_peers - npeers` did not fit.
@@ -244,6 +245,7 @@ pub fn publish(id: &Identity<'_>, s: &StatusSnapshot, running: bool) {
     a.dropped_packets = s.dropped_packets;
     a.flow_violations = s.flow_violations;
     a.auth_failures = s.auth_failures;
+    a.socket_takeovers = s.socket_takeovers;
     put(&mut a.peer_listener, s.peer_listener.0);
     put(&mut a.peer_listener_detail, &s.peer_listener.1);
     put(&mut a.backend_listener, s.backend_listener.0);

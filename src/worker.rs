@@ -184,6 +184,10 @@ pub extern "C-unwind" fn ic_proxy_worker_main(_arg: pg_sys::Datum) {
     settings.dialect = gucs::dialect();
     settings.max_packet_size = gucs::max_packet_size();
     settings.peer_queue_bytes = gucs::peer_queue_bytes();
+    // The built-in proxy of Cloudberry/Greenplum binds the same path at every
+    // start, whatever gp_interconnect_type says: the worker always takes it
+    // back, or the backends would reach that proxy instead.
+    settings.take_over = true;
     settings.flow = gucs::flow_params();
     if let Some(problem) = gucs::flow_problem(&settings.flow) {
         // A restart would fail the same way: stay off (exit 0, not

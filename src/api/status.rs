@@ -168,6 +168,7 @@ fn ic_proxy_info() -> TableIterator<
         name!(status_entries, i32),
         name!(status_entries_missing, i64),
         name!(last_error, Option<String>),
+        name!(socket_takeovers, i64),
     ),
 > {
     let row = shmem::with(|a| {
@@ -213,6 +214,7 @@ fn ic_proxy_info() -> TableIterator<
             gucs::max_status_entries() as i32,
             i64::from(if running { a.entries_missing() } else { 0 }),
             opt(last_error),
+            a.socket_takeovers as i64,
         )
     });
     TableIterator::once(row)

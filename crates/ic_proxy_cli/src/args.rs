@@ -147,6 +147,12 @@ pub struct RunArgs {
     /// http://ADDR/metrics (e.g. 127.0.0.1:9187); off by default
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Take the backend socket's path over from another live process (the
+    /// built-in proxy of Cloudberry/Greenplum binds it at every start), at
+    /// start and within 2 s whenever it is taken again. Without it a live
+    /// socket is left alone
+    #[arg(long)]
+    pub take_over: bool,
 }
 
 /// One logical connection, as the backend at this end knows it.

@@ -238,6 +238,7 @@ impl Report {
             .field("dropped_packets", s.dropped_packets)
             .field("flow_violations", s.flow_violations)
             .field("auth_failures", s.auth_failures)
+            .field("socket_takeovers", s.socket_takeovers)
             .field("fd_soft_limit", opt(s.fd_soft_limit))
             .field("fd_hard_limit", opt(s.fd_hard_limit));
         let mut out = vec![proxy];

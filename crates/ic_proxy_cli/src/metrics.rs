@@ -263,6 +263,12 @@ pub fn render(r: &Report) -> String {
         "Peer links refused because authentication failed.",
         &one(s.auth_failures),
     );
+    family(
+        "ic_proxy_socket_takeovers_total",
+        "counter",
+        "Times the backend socket's path was taken back from another process (the built-in proxy).",
+        &one(s.socket_takeovers),
+    );
     if s.fd_soft_limit != 0 {
         family(
             "ic_proxy_fd_soft_limit",

@@ -254,6 +254,7 @@ fn proxy_text(p: &Record) -> String {
         ("dropped packets", p.get("dropped_packets").to_string()),
         ("flow violations", p.get("flow_violations").to_string()),
         ("auth failures", p.get("auth_failures").to_string()),
+        ("socket takeovers", p.get("socket_takeovers").to_string()),
         ("open files limit", limits),
     ];
     let width = lines.iter().map(|(k, _)| k.len()).max().unwrap_or(0);

@@ -59,6 +59,7 @@ pub fn run_proxy(args: RunArgs) -> ExitCode {
     if let Some(bytes) = args.peer_queue_size {
         settings.peer_queue_bytes = bytes as usize;
     }
+    settings.take_over = args.take_over;
     let mut config = RuntimeConfig::new(map);
     config.backend_socket = identity.backend_socket();
     if let Some(bytes) = args.early_cache_size {

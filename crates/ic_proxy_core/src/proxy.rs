@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, RwLock};
@@ -27,7 +27,7 @@ use crate::pending::{
 };
 use crate::protocol::{IcTcpFramer, PacketDecoder, PacketType};
 use crate::route::{Arrival, ByeOwed, Registry};
-use crate::settings::{ProxySettings, RuntimeConfig};
+use crate::settings::{BackendSocket, ProxySettings, RuntimeConfig};
 use crate::status::{LogLimit, PeerState, PeerStats, StatusBoard};
 
 /// Listeners made by the caller; `None` means the runtime binds its own
@@ -152,10 +152,11 @@ pub async fn run(
         }
         None => None,
     };
+    let (socket_tx, socket_rx) = watch::channel(cfg.backend_socket.clone());
     {
         let ctx2 = ctx.clone();
         ctx.tracker
-            .spawn(async move { serve_backends(ctx2, backend_listener).await });
+            .spawn(async move { serve_backends(ctx2, backend_listener, socket_rx).await });
     }
     let mut injected_peer = match listeners.peer {
         Some(l) => {
@@ -224,6 +225,13 @@ pub async fn run(
                         slot.require_secret(&next.peer_secret);
                     }
                 }
+                socket_tx.send_if_modified(|b| {
+                    let changed = *b != next.backend_socket;
+                    if changed {
+                        *b = next.backend_socket.clone();
+                    }
+                    changed
+                });
                 if next.map != current.map {
                     apply_map(&ctx, Some(&current.map), &next.map, &mut injected_peer, &mut listener_token);
                 }
@@ -251,7 +259,6 @@ pub async fn run(
     {
         log::warn!("ic-proxy: some connections did not close within {STOP_GRACE:?}");
     }
-    remove_socket(&ctx.settings.socket_path);
     Ok(())
 }
 
@@ -603,14 +610,96 @@ pub fn bind_backend_socket(path: &Path) -> io::Result<std::os::unix::net::UnixLi
     Ok(l)
 }
 
-fn remove_socket(path: &PathBuf) {
-    if std::fs::remove_file(path).is_ok() {
+/// Identity of the file at `path` (device, inode): a process that unlinks
+/// the path and binds its own socket there leaves another inode.
+fn file_id(path: &Path) -> Option<(u64, u64)> {
+    std::fs::symlink_metadata(path)
+        .ok()
+        .map(|m| (m.dev(), m.ino()))
+}
+
+/// Removes the socket file at `path` if it is still the one this proxy made
+/// (never another process's).
+fn remove_if_mine(path: &Path, mine: Option<(u64, u64)>) {
+    if mine.is_some() && file_id(path) == mine && std::fs::remove_file(path).is_ok() {
         log::info!("ic-proxy: removed {}", path.display());
     }
 }
 
-async fn serve_backends(ctx: Arc<Ctx>, injected: Option<UnixListener>) {
-    let path = ctx.settings.socket_path.clone();
+/// How often the backend socket's path is checked for a process that took
+/// it (Cloudberry's built-in proxy unlinks and binds the same path at every
+/// start): a takeover is answered within two of these.
+const SOCKET_WATCH: Duration = Duration::from_millis(500);
+
+/// Unlinks whatever serves `path` and binds this proxy's socket there.
+fn take_over_socket(path: &Path) -> io::Result<std::os::unix::net::UnixListener> {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    bind_backend_socket(path)
+}
+
+/// True if a live process answers on the socket at `path`.
+fn served_by_another(path: &Path) -> bool {
+    path.exists() && std::os::unix::net::UnixStream::connect(path).is_ok()
+}
+
+/// What the backend listener does about another process on its path.
+struct PathGuard {
+    take_over: bool,
+    /// The long WARNING is logged once; later takeovers get one line each.
+    warned: bool,
+    /// Without take-over, the replacement is logged once per path.
+    left_alone: Option<PathBuf>,
+}
+
+impl PathGuard {
+    /// Binds `path`; with take-over, a live socket of another process there
+    /// (the built-in proxy's) is replaced and counted.
+    fn bind(&mut self, ctx: &Ctx, path: &Path) -> io::Result<UnixListener> {
+        let l = if self.take_over && served_by_another(path) {
+            let l = take_over_socket(path)?;
+            self.took(ctx, path);
+            l
+        } else {
+            bind_backend_socket(path)?
+        };
+        l.set_nonblocking(true)?;
+        UnixListener::from_std(l)
+    }
+
+    fn took(&mut self, ctx: &Ctx, path: &Path) {
+        let n = ctx
+            .status
+            .counters
+            .socket_takeovers
+            .fetch_add(1, Relaxed)
+            + 1;
+        if !self.warned {
+            self.warned = true;
+            log::warn!(
+                "ic-proxy: {} was served by another process, most likely the built-in \"ic proxy process\" that \
+                 Cloudberry and Greenplum start whatever gp_interconnect_type says; this proxy took the path over \
+                 and takes it back whenever it is taken again. Leave gp_interconnect_proxy_addresses empty so that \
+                 the built-in proxy holds no TCP port",
+                path.display()
+            );
+        } else {
+            log::info!(
+                "ic-proxy: took {} back from another process (takeover {n})",
+                path.display()
+            );
+        }
+    }
+}
+
+async fn serve_backends(
+    ctx: Arc<Ctx>,
+    injected: Option<UnixListener>,
+    mut socket: watch::Receiver<BackendSocket>,
+) {
     let mut injected = injected;
     let mut last_error = String::new();
     let caps = AdmissionCaps::new(&ctx.settings, soft_nofile_limit());
@@ -624,13 +713,32 @@ async fn serve_backends(ctx: Arc<Ctx>, injected: Option<UnixListener>) {
     );
     let pending = PendingLimits::new(caps.pending_backends, caps.pending_backends);
     let mut recovery = AcceptRecovery::new("backend", &caps);
-    loop {
+    let mut guard = PathGuard {
+        take_over: ctx.settings.take_over,
+        warned: false,
+        left_alone: None,
+    };
+    'serve: loop {
+        let wanted = match &*socket.borrow_and_update() {
+            BackendSocket::FromSettings => Ok(ctx.settings.socket_path.clone()),
+            BackendSocket::At(p) => Ok(p.clone()),
+            BackendSocket::Off(why) => Err(why.clone()),
+        };
+        let path = match wanted {
+            Ok(p) => p,
+            Err(why) => {
+                log::info!("ic-proxy: serving no backend socket: {why}");
+                ctx.status.backend_listener.set_down(why);
+                tokio::select! {
+                    _ = ctx.shutdown.cancelled() => return,
+                    r = socket.changed() => if r.is_err() { ctx.shutdown.cancelled().await; return },
+                }
+                continue;
+            }
+        };
         let listener = match injected.take() {
             Some(l) => Ok(l),
-            None => bind_backend_socket(&path).and_then(|l| {
-                l.set_nonblocking(true)?;
-                UnixListener::from_std(l)
-            }),
+            None => guard.bind(&ctx, &path),
         };
         let listener = match listener {
             Ok(l) => l,
@@ -643,18 +751,75 @@ async fn serve_backends(ctx: Arc<Ctx>, injected: Option<UnixListener>) {
                 last_error = msg;
                 tokio::select! {
                     _ = ctx.shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    r = socket.changed() => if r.is_err() { ctx.shutdown.cancelled().await; return },
                 }
+                continue;
             }
         };
+        let mine = file_id(&path);
         log::info!("ic-proxy: listening for backends on {}", path.display());
         ctx.status
             .backend_listener
             .set_up(path.display().to_string());
         last_error.clear();
+        let mut watch = tokio::time::interval(SOCKET_WATCH);
+        watch.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let accepted = tokio::select! {
-                _ = ctx.shutdown.cancelled() => return,
+                _ = ctx.shutdown.cancelled() => {
+                    remove_if_mine(&path, mine);
+                    return;
+                }
+                r = socket.changed() => {
+                    if r.is_err() {
+                        // The configuration's sender is gone: keep serving.
+                        ctx.shutdown.cancelled().await;
+                        remove_if_mine(&path, mine);
+                        return;
+                    }
+                    // The backend socket moved (a sidecar's server
+                    // restarted) or went away: sessions already connected
+                    // carry on, the old file goes.
+                    remove_if_mine(&path, mine);
+                    continue 'serve;
+                }
+                _ = watch.tick() => {
+                    let now = file_id(&path);
+                    if now == mine {
+                        continue;
+                    }
+                    if now.is_none() {
+                        log::warn!("ic-proxy: {} was removed; making it again", path.display());
+                        continue 'serve;
+                    }
+                    if guard.take_over {
+                        match take_over_socket(&path).and_then(|l| {
+                            l.set_nonblocking(true)?;
+                            UnixListener::from_std(l)
+                        }) {
+                            Ok(l) => {
+                                guard.took(&ctx, &path);
+                                injected = Some(l);
+                            }
+                            Err(e) => log::warn!("ic-proxy: cannot take {} back: {e}", path.display()),
+                        }
+                        continue 'serve;
+                    }
+                    if guard.left_alone.as_deref() != Some(&path) {
+                        log::warn!(
+                            "ic-proxy: {} was replaced by another process's socket; backends now reach that process. \
+                             Not taking it back (ic-proxy run --take-over does)",
+                            path.display()
+                        );
+                        ctx.status.backend_listener.set_failed(format!(
+                            "{} was replaced by another process's socket",
+                            path.display()
+                        ));
+                        guard.left_alone = Some(path.clone());
+                    }
+                    continue;
+                }
                 r = listener.accept() => r,
             };
             match accepted {
@@ -669,12 +834,14 @@ async fn serve_backends(ctx: Arc<Ctx>, injected: Option<UnixListener>) {
                         ctx.status
                             .backend_listener
                             .set_failed(format!("accept failed: {e}"));
+                        remove_if_mine(&path, mine);
                         break;
                     }
                     failure => {
                         let shed = |cx: &mut Context<'_>| listener.poll_accept(cx).map_ok(drop);
                         let token = &ctx.shutdown;
                         if !recovery.ride_out(&ctx, failure, &e, token, shed).await {
+                            remove_if_mine(&path, mine);
                             return;
                         }
                     }

@@ -52,6 +52,11 @@ pub struct ProxySettings {
     /// accepted with fewer than this many left is closed at once. None: an
     /// eighth of the descriptor limit at start.
     pub descriptor_reserve: Option<usize>,
+    /// Take the backend socket's path over from another live process, at
+    /// start and whenever it takes the path again (Cloudberry's built-in
+    /// proxy binds the same path at every start). Off: a live socket is left
+    /// alone and retried.
+    pub take_over: bool,
 }
 
 /// Default of [`ProxySettings::peer_queue_bytes`]: 16 MiB.
@@ -73,6 +78,7 @@ impl ProxySettings {
             max_pending_peers_per_source: crate::pending::DEFAULT_PENDING_PEERS_PER_SOURCE,
             max_pending_backends: None,
             descriptor_reserve: None,
+            take_over: false,
         }
     }
 }

@@ -239,6 +239,9 @@ pub struct ProxyCounters {
     pub flow_violations: AtomicU64,
     /// Peer links refused because authentication failed.
     pub auth_failures: AtomicU64,
+    /// Times the backend socket's path was taken over from another process
+    /// (the built-in proxy of Cloudberry/Greenplum).
+    pub socket_takeovers: AtomicU64,
     /// RLIMIT_NOFILE of the hosting process after the shell raised it
     /// (`fd_limit::raise_nofile`); 0 until the shell sets them.
     pub fd_soft_limit: AtomicU64,
@@ -268,6 +271,7 @@ pub struct StatusSnapshot {
     pub dropped_packets: u64,
     pub flow_violations: u64,
     pub auth_failures: u64,
+    pub socket_takeovers: u64,
     pub fd_soft_limit: u64,
     pub fd_hard_limit: u64,
     pub peers: Vec<PeerSnapshot>,
@@ -311,6 +315,7 @@ impl StatusBoard {
             dropped_packets: c.dropped_packets.load(Relaxed),
             flow_violations: c.flow_violations.load(Relaxed),
             auth_failures: c.auth_failures.load(Relaxed),
+            socket_takeovers: c.socket_takeovers.load(Relaxed),
             fd_soft_limit: c.fd_soft_limit.load(Relaxed),
             fd_hard_limit: c.fd_hard_limit.load(Relaxed),
             peers: self
