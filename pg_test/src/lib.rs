@@ -12,6 +12,8 @@
 //! The extension is not built here: `cargo pgrx install` must have put it in
 //! the server's library directory first (scripts/test.sh does).
 
+pub mod builtin;
+
 use std::collections::HashSet;
 use std::ffi::{CString, OsStr};
 use std::fmt::Write as _;

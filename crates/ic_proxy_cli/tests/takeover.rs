@@ -1,0 +1,234 @@
+//! `ic-proxy run --take-over` beside a stand-in for the built-in proxy that
+//! every Cloudberry / Greenplum build starts: whether the stand-in takes the
+//! backend socket's path before ours starts, after, or again later, ours
+//! takes it back within 2 s and a stream through the path works; sessions
+//! already connected are not disturbed. Without the flag a live socket is
+//! left alone, as before.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ic_proxy_client::{pattern_payload, ClientOptions, ConnSpec, Endpoint, LogicalConn, RecvItem};
+use ic_proxy_cluster_tests::builtin::{file_id, BuiltinProxy};
+
+const BIN: &str = env!("CARGO_BIN_EXE_ic-proxy");
+const DEADLINE: Duration = Duration::from_secs(60);
+/// How soon the path must be ours again after the stand-in took it.
+const TAKE_BACK: Duration = Duration::from_secs(2);
+/// Slack for a loaded 2-core machine on top of [`TAKE_BACK`].
+const SLACK: Duration = Duration::from_millis(500);
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Proxy {
+    child: Child,
+    socket: PathBuf,
+    log: PathBuf,
+}
+
+impl Proxy {
+    fn start(dir: &Path, dbid: u16, map: &str, extra: &[&str]) -> Proxy {
+        let (port, pid) = (5000 + dbid, 40_000 + u32::from(dbid));
+        let log = dir.join(format!("proxy{dbid}.log"));
+        let child = Command::new(BIN)
+            .arg("run")
+            .args(["--addresses", map, "--dbid", &dbid.to_string()])
+            .args(["--port", &port.to_string(), "--pid", &pid.to_string()])
+            .arg("--socket-dir")
+            .arg(dir)
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Proxy {
+            child,
+            socket: dir.join(format!(".s.PGSQL.ic_proxy.{port}.{pid}")),
+            log,
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    async fn wait_for_log(&self, needle: &str) -> String {
+        let until = Instant::now() + DEADLINE;
+        loop {
+            let log = self.log();
+            if log.contains(needle) {
+                return log;
+            }
+            assert!(Instant::now() < until, "{needle:?} not logged:\n{log}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spec(n: u32) -> ConnSpec {
+    ConnSpec {
+        session_id: 9,
+        command_id: n,
+        send_slice: 1,
+        recv_slice: 0,
+        local: Endpoint {
+            content: -1,
+            dbid: 1,
+            pid: 100 + n as i32,
+        },
+        remote: Endpoint {
+            content: 0,
+            dbid: 2,
+            pid: 200 + n as i32,
+        },
+    }
+}
+
+/// A 1 MB stream from a backend on proxy 1 to one on proxy 2.
+async fn stream_works(p1: &Proxy, p2: &Proxy, n: u32) {
+    let opts = ClientOptions::default();
+    let (tx, rx) = tokio::join!(
+        LogicalConn::connect(&p1.socket, spec(n), &opts),
+        LogicalConn::connect(&p2.socket, spec(n).reversed(), &opts)
+    );
+    let (mut tx, mut rx) = (tx.expect("sender"), rx.expect("receiver"));
+    let send = async {
+        for i in 0..128 {
+            tx.send_packet(&pattern_payload(u64::from(n), i, 8188)).await.unwrap();
+        }
+        tx.finish().await.unwrap();
+    };
+    let recv = async {
+        let mut i = 0;
+        while let RecvItem::Packet(p) = rx.recv().await.unwrap() {
+            assert_eq!(&p[..], &pattern_payload(u64::from(n), i, 8188)[..], "packet {i}");
+            i += 1;
+        }
+        i
+    };
+    let ((), got) = tokio::join!(send, recv);
+    assert_eq!(got, 128);
+}
+
+/// Waits until the stand-in no longer holds the path; returns how long.
+async fn taken_back(b: &BuiltinProxy) -> Duration {
+    let start = Instant::now();
+    while b.holds_path() {
+        assert!(start.elapsed() < DEADLINE, "the path was never taken back");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    start.elapsed()
+}
+
+async fn wait_socket(path: &Path) {
+    let until = Instant::now() + DEADLINE;
+    while file_id(path).is_none() {
+        assert!(Instant::now() < until, "no socket {}", path.display());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn mesh_map() -> String {
+    format!(
+        "1:-1:127.0.0.1:{},2:0:127.0.0.1:{}",
+        free_port(),
+        free_port()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_path_is_taken_back_after_the_built_in_proxy_takes_it_and_again_later() {
+    let dir = tempfile::tempdir().unwrap();
+    let map = mesh_map();
+    let p1 = Proxy::start(dir.path(), 1, &map, &["--take-over"]);
+    let p2 = Proxy::start(dir.path(), 2, &map, &[]);
+    wait_socket(&p1.socket).await;
+    wait_socket(&p2.socket).await;
+    p1.wait_for_log("peer dbid 2 (content 0) connected").await;
+    stream_works(&p1, &p2, 1).await;
+
+    // A session connected before the takeover keeps working through it.
+    let opts = ClientOptions::default();
+    let (tx, rx) = tokio::join!(
+        LogicalConn::connect(&p1.socket, spec(2), &opts),
+        LogicalConn::connect(&p2.socket, spec(2).reversed(), &opts)
+    );
+    let (mut tx, mut rx) = (tx.unwrap(), rx.unwrap());
+    tx.send_packet(b"before").await.unwrap();
+
+    let mut builtin = BuiltinProxy::start(&p1.socket);
+    let took = taken_back(&builtin).await;
+    assert!(took <= TAKE_BACK + SLACK, "taken back after {took:?}");
+    let log = p1
+        .wait_for_log("was served by another process, most likely the built-in")
+        .await;
+    assert!(log.contains("Leave gp_interconnect_proxy_addresses empty"), "{log}");
+    stream_works(&p1, &p2, 3).await;
+
+    tx.send_packet(b"after").await.unwrap();
+    tx.finish().await.unwrap();
+    assert_eq!(rx.recv().await.unwrap(), RecvItem::Packet(b"before"[..].into()));
+    assert_eq!(rx.recv().await.unwrap(), RecvItem::Packet(b"after"[..].into()));
+    assert_eq!(rx.recv().await.unwrap(), RecvItem::Eof);
+
+    // The built-in proxy restarts (after a crash) and takes the path again.
+    builtin.restart();
+    let took = taken_back(&builtin).await;
+    assert!(took <= TAKE_BACK + SLACK, "taken back after {took:?}");
+    p1.wait_for_log("back from another process (takeover 2)").await;
+    stream_works(&p1, &p2, 4).await;
+    // One WARNING, not one per takeover.
+    assert_eq!(p1.log().matches("most likely the built-in").count(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_path_is_taken_over_when_the_built_in_proxy_started_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let map = mesh_map();
+    let p1_socket = dir.path().join(".s.PGSQL.ic_proxy.5001.40001");
+    let builtin = BuiltinProxy::start(&p1_socket);
+    let p1 = Proxy::start(dir.path(), 1, &map, &["--take-over"]);
+    let p2 = Proxy::start(dir.path(), 2, &map, &[]);
+    assert_eq!(p1.socket, p1_socket);
+    let took = taken_back(&builtin).await;
+    assert!(took <= DEADLINE);
+    p1.wait_for_log("most likely the built-in").await;
+    wait_socket(&p2.socket).await;
+    p1.wait_for_log("peer dbid 2 (content 0) connected").await;
+    stream_works(&p1, &p2, 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_take_over_a_live_socket_is_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let map = mesh_map();
+    let p1 = Proxy::start(dir.path(), 1, &map, &[]);
+    wait_socket(&p1.socket).await;
+    let builtin = BuiltinProxy::start(&p1.socket);
+    p1.wait_for_log("Not taking it back (ic-proxy run --take-over does)")
+        .await;
+    assert!(builtin.holds_path());
+    // Started while the stand-in holds the path: it waits, and says why.
+    let dir2 = tempfile::tempdir().unwrap();
+    let other = dir2.path().join(".s.PGSQL.ic_proxy.5001.40001");
+    let builtin2 = BuiltinProxy::start(&other);
+    let p = Proxy::start(dir2.path(), 1, &map, &[]);
+    p.wait_for_log("is in use by another live proxy").await;
+    assert!(builtin2.holds_path());
+}
