@@ -39,6 +39,11 @@ impl BuiltinProxy {
         self.listener = None;
         let _ = std::fs::remove_file(&self.path);
         let l = UnixListener::bind(&self.path).expect("the stand-in binds the path");
+        // The built-in proxy runs as the server's user, so the server's
+        // processes can reach its socket; this stand-in may run as root.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&self.path, std::fs::Permissions::from_mode(0o777))
+            .expect("chmod the stand-in's socket");
         self.bound = file_id(&self.path);
         self.listener = Some(l);
     }

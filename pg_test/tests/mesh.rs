@@ -11,6 +11,7 @@ use std::time::Duration;
 use ic_proxy_client::{
     pattern_payload, ClientOptions, ConnSpec, Endpoint, LogicalConn, RecvItem, StreamDigest,
 };
+use ic_proxy_cluster_tests::builtin::BuiltinProxy;
 use ic_proxy_cluster_tests::{
     process_alive, wait_for_exit, wait_until, PgCluster, PgInstance, PRELOAD,
 };
@@ -422,4 +423,73 @@ async fn a_dead_postmaster_takes_the_worker_with_it_and_a_restart_replaces_the_s
     .unwrap();
     wait_mesh(cluster.instance(2), 2);
     wait_mesh(cluster.instance(1), 2);
+}
+
+/// Waits until the stand-in no longer holds its path; returns how long.
+fn taken_back(b: &BuiltinProxy) -> Duration {
+    let start = std::time::Instant::now();
+    wait_until("the worker takes its path back", MESH_TIMEOUT, || {
+        (!b.holds_path()).then_some(())
+    })
+    .unwrap();
+    start.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_takes_its_socket_back_from_the_built_in_proxy() {
+    let (cluster, nodes, _) = start_mesh(2);
+    let (a, b) = (nodes[0].clone(), nodes[1].clone());
+    let i2 = cluster.instance(2);
+    let sa = socket_of(cluster.instance(1), &a.socket_dir);
+    let sb = socket_of(i2, &b.socket_dir);
+    let takeovers = || i2.psql("SELECT socket_takeovers FROM ic_proxy_info()").unwrap();
+    assert_eq!(takeovers(), "0");
+
+    // The built-in proxy starts after ours and takes the path.
+    let mut builtin = BuiltinProxy::start(&sb);
+    let took = taken_back(&builtin);
+    assert!(took < Duration::from_millis(2500), "taken back after {took:?}");
+    let (sent, got, n) = stream(sa.clone(), sb.clone(), spec(&a, &b, 1), 1, 128, 8188)
+        .await
+        .unwrap();
+    assert_eq!((sent, n), (got, 128));
+    assert_eq!(takeovers(), "1");
+    i2.wait_for_log("most likely the built-in \"ic proxy process\"", MESH_TIMEOUT)
+        .unwrap();
+    assert!(i2.log().contains("Leave gp_interconnect_proxy_addresses empty"));
+
+    // It restarts later and takes the path again.
+    builtin.restart();
+    let took = taken_back(&builtin);
+    assert!(took < Duration::from_millis(2500), "taken back after {took:?}");
+    let (sent, got, _) = stream(sa.clone(), sb.clone(), spec(&a, &b, 2), 2, 64, 8188)
+        .await
+        .unwrap();
+    assert_eq!(sent, got);
+    assert_eq!(takeovers(), "2");
+
+    // It holds the path when our worker starts (after a crash restart).
+    let worker: u32 = i2
+        .psql("SELECT worker_pid FROM ic_proxy_info()")
+        .unwrap()
+        .parse()
+        .unwrap();
+    unsafe { libc::kill(worker as i32, libc::SIGSTOP) };
+    builtin.restart();
+    unsafe { libc::kill(worker as i32, libc::SIGKILL) };
+    wait_for_exit(&[worker], MESH_TIMEOUT).unwrap();
+    taken_back(&builtin);
+    wait_mesh(i2, 2);
+    let (sent, got, _) = stream(sa, sb, spec(&a, &b, 3), 3, 64, 8188)
+        .await
+        .unwrap();
+    assert_eq!(sent, got);
+    let restarted: u32 = i2
+        .psql("SELECT worker_pid FROM ic_proxy_info()")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_ne!(restarted, worker);
+    // The new worker counts from its own start.
+    assert_eq!(takeovers(), "1");
 }

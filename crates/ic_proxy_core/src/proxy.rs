@@ -641,9 +641,16 @@ fn take_over_socket(path: &Path) -> io::Result<std::os::unix::net::UnixListener>
     bind_backend_socket(path)
 }
 
-/// True if a live process answers on the socket at `path`.
+/// True if a live process serves the socket at `path`: it answers, or it
+/// is there and refuses us for another reason than being gone.
 fn served_by_another(path: &Path) -> bool {
-    path.exists() && std::os::unix::net::UnixStream::connect(path).is_ok()
+    match std::os::unix::net::UnixStream::connect(path) {
+        Ok(_) => true,
+        Err(e) => !matches!(
+            e.kind(),
+            io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
+        ),
+    }
 }
 
 /// What the backend listener does about another process on its path.
