@@ -104,9 +104,13 @@ pub fn run_proxy(args: RunArgs) -> ExitCode {
     let secret_file = args.peer_auth_secret_file.clone();
     let follower = identity.follower;
     let observe = crate::control::Observe {
-        // A sidecar (--data-dir) starts none yet: its port is its server's.
+        // A sidecar's control socket is named after its server's port as
+        // found at start (`ic-proxy status --data-dir` reads the same
+        // postmaster.pid); a sidecar started while its server is down has
+        // none until it is restarted.
         control: args
             .port
+            .or_else(|| follower.as_ref().and_then(|f| f.port()))
             .map(|port| crate::control::control_path(&args.socket_dir, port)),
         metrics: args.metrics_listen,
         threads: args.threads,

@@ -278,6 +278,14 @@ impl ServerFollower {
         follower
     }
 
+    /// The port of the running postmaster; None while the server is down.
+    pub fn port(&self) -> Option<u16> {
+        match &self.state {
+            ServerState::Running { port, .. } => Some(*port),
+            ServerState::Down(_) => None,
+        }
+    }
+
     /// The socket of the running postmaster; None while the server is down.
     pub fn socket_path(&self) -> Option<PathBuf> {
         match &self.state {

@@ -53,7 +53,9 @@ fn proxy_sockets(dir: &Path) -> Vec<PathBuf> {
                 .filter(|p| {
                     p.file_name()
                         .and_then(|n| n.to_str())
-                        .is_some_and(|n| n.starts_with(".s.PGSQL.ic_proxy."))
+                        .is_some_and(|n| {
+                            n.starts_with(".s.PGSQL.ic_proxy.") && !n.ends_with(".control")
+                        })
                 })
                 .collect()
         })
@@ -415,6 +417,18 @@ fn the_sidecar_follows_a_real_server_through_restart_and_stop() {
     assert!(!other_log.contains("link lost"), "{other_log}");
     let sidecar_log = sidecar.log();
     assert!(!sidecar_log.contains("link lost"), "{sidecar_log}");
+    // Seen without SQL: `ic-proxy status --data-dir` reaches the sidecar's
+    // control socket (named after the server's port) and shows the link.
+    let status = Command::new(BIN)
+        .args(["status", "--data-dir"])
+        .arg(pg.data_dir())
+        .arg("--socket-dir")
+        .arg(&socket_dir)
+        .output()
+        .unwrap();
+    let out = text(&status.stdout);
+    assert!(status.status.success(), "{out}{}", text(&status.stderr));
+    assert!(out.contains("connected"), "{out}");
     assert!(
         sidecar_log.contains(&format!(
             "restarted (postmaster pid {first_pid} -> {second_pid}"
