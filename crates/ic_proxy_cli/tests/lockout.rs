@@ -288,14 +288,16 @@ fn tcp_flood(port: u16, n: usize) -> Vec<TcpStream> {
         .collect()
 }
 
-/// Marks the summary of refusals left out of the log: the proxy logs "N
-/// more refused connections were not logged" with the next line it logs
-/// in a new window, so refusals are provoked (`provoke` opens one more
-/// connection the caps refuse) until it is there.
+/// Flushes the count of refusals left out of the log: the proxy logs "N
+/// more refused connections were not logged" with the first line of a new
+/// window, so refusals are provoked (`provoke` opens one more connection the
+/// caps refuse) until a summary newer than everything before the call is
+/// there. Returns the provoking connections.
 fn flush_refusal_summary<T>(p: &mut Proxy, mut provoke: impl FnMut() -> T) -> Vec<T> {
+    let before = p.log().matches(SUMMARY).count();
     let mut extra = Vec::new();
     let until = Instant::now() + DEADLINE;
-    while !p.log().contains(SUMMARY) {
+    while p.log().matches(SUMMARY).count() <= before {
         p.assert_running();
         assert!(
             Instant::now() < until,

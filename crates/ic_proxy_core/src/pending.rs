@@ -20,7 +20,7 @@ use crate::settings::ProxySettings;
 /// interval later.
 pub const DEFAULT_PENDING_PEERS_PER_SOURCE: usize = 64;
 
-/// Caps when the descriptor limit is not known (no /proc, or unlimited).
+/// Caps when the descriptor limit is unlimited.
 const FALLBACK_PENDING: usize = 1024;
 /// The smallest derived caps, for tiny descriptor limits.
 const MIN_PENDING: usize = 16;
@@ -79,20 +79,14 @@ impl AdmissionCaps {
     }
 }
 
-/// The soft limit on open descriptors (RLIMIT_NOFILE) of this process, read
-/// from /proc/self/limits; None when unknown or unlimited.
+/// The soft limit on open descriptors (RLIMIT_NOFILE) of this process, as
+/// the shell left it; None when unlimited.
 pub(crate) fn soft_nofile_limit() -> Option<usize> {
-    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
-    parse_nofile(&limits)
-}
-
-fn parse_nofile(limits: &str) -> Option<usize> {
-    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
-    line["Max open files".len()..]
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
+    let soft = crate::fd_limit::nofile().soft;
+    if soft == u64::MAX {
+        return None;
+    }
+    usize::try_from(soft).ok()
 }
 
 /// Why a new connection was not admitted.
@@ -334,17 +328,7 @@ mod tests {
     }
 
     #[test]
-    fn nofile_is_read_from_proc_limits() {
-        let limits = "Limit                     Soft Limit           Hard Limit           Units     \n\
-                      Max processes             63711                63711                processes \n\
-                      Max open files            1024                 20000                files     \n";
-        assert_eq!(parse_nofile(limits), Some(1024));
-        assert_eq!(
-            parse_nofile(
-                "Max open files            unlimited            unlimited            files"
-            ),
-            None
-        );
+    fn the_soft_limit_is_known_here() {
         assert!(soft_nofile_limit().is_some_and(|n| n > 0));
     }
 

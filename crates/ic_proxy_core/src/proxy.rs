@@ -526,8 +526,7 @@ struct AcceptRecovery {
     /// "peer" or "backend", for the log.
     what: &'static str,
     spare: SpareDescriptor,
-    /// The open files limit at start, for the log: /proc cannot be read
-    /// when no descriptor is left.
+    /// The open files limit at start, for the log.
     nofile: Option<usize>,
 }
 
