@@ -443,6 +443,15 @@ async fn the_worker_takes_its_socket_back_from_the_built_in_proxy() {
     let sa = socket_of(cluster.instance(1), &a.socket_dir);
     let sb = socket_of(i2, &b.socket_dir);
     let takeovers = || i2.psql("SELECT socket_takeovers FROM ic_proxy_info()").unwrap();
+    // The worker publishes its figures a few times a second.
+    let wait_takeovers = |n: &str| {
+        let mut last = String::new();
+        wait_until("the takeover counted", MESH_TIMEOUT, || {
+            last = takeovers();
+            (last == n).then_some(())
+        })
+        .unwrap_or_else(|e| panic!("{e}: socket_takeovers {last}, expected {n}"));
+    };
     assert_eq!(takeovers(), "0");
 
     // The built-in proxy starts after ours and takes the path.
@@ -453,7 +462,7 @@ async fn the_worker_takes_its_socket_back_from_the_built_in_proxy() {
         .await
         .unwrap();
     assert_eq!((sent, n), (got, 128));
-    assert_eq!(takeovers(), "1");
+    wait_takeovers("1");
     i2.wait_for_log("most likely the built-in \"ic proxy process\"", MESH_TIMEOUT)
         .unwrap();
     assert!(i2.log().contains("Leave gp_interconnect_proxy_addresses empty"));
@@ -466,7 +475,7 @@ async fn the_worker_takes_its_socket_back_from_the_built_in_proxy() {
         .await
         .unwrap();
     assert_eq!(sent, got);
-    assert_eq!(takeovers(), "2");
+    wait_takeovers("2");
 
     // It holds the path when our worker starts (after a crash restart).
     let worker: u32 = i2
@@ -491,5 +500,5 @@ async fn the_worker_takes_its_socket_back_from_the_built_in_proxy() {
         .unwrap();
     assert_ne!(restarted, worker);
     // The new worker counts from its own start.
-    assert_eq!(takeovers(), "1");
+    wait_takeovers("1");
 }

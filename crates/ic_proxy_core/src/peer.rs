@@ -277,6 +277,26 @@ impl PeerSlot {
         }
     }
 
+    /// Queues a message the proxy answers with on its own (a BYE for a
+    /// logical connection it ended), counted with probe echoes: a peer that
+    /// sends and never reads cannot make such answers pile up past
+    /// [`PROBE_ECHO_LIMIT`]. False, and nothing queued, past it.
+    pub fn send_answer(&self, header: EncodedHeader) -> bool {
+        let size = header.len();
+        if self.echo_queued.load(Relaxed) + size > PROBE_ECHO_LIMIT {
+            return false;
+        }
+        self.echo_queued.fetch_add(size, Relaxed);
+        self.send(OutFrame {
+            header,
+            payload: Bytes::new(),
+            echo: true,
+            generation: self.generation(),
+            charged: 0,
+        });
+        true
+    }
+
     /// Gives queue budget back (frames written or discarded).
     fn release(&self, bytes: usize) {
         if bytes > 0 {
@@ -368,19 +388,23 @@ async fn peer_task(
         let linked_at = std::time::Instant::now();
         let packets_before = slot.stats.packets_in.load(Relaxed);
         let mut reason = run_link(&ctx, &slot, stream, leftover, &mut rx).await;
+        // How long a dialer that requires authentication waits for our
+        // challenge (if its settings are ours).
+        let wait = ctx.settings.handshake_timeout.min(CHALLENGE_WAIT);
         if let Some(why) = lock(&slot.end_reason).take() {
             reason = why;
         } else if reason == PEER_CLOSED
             && ctx.secret().is_none()
             && slot.stats.packets_in.load(Relaxed) == packets_before
-            && linked_at.elapsed() < CHALLENGE_WAIT + Duration::from_secs(2)
+            && (wait.saturating_sub(Duration::from_millis(500))..wait + Duration::from_secs(2))
+                .contains(&linked_at.elapsed())
         {
             // A dialer that requires authentication and got no challenge
             // closes the new link without a word (it cannot tell a C proxy
             // anything): say what it most likely means.
             reason = format!(
-                "{PEER_CLOSED} right after linking, having sent nothing: does dbid {} require peer authentication? \
-                 ic_proxy.peer_auth_secret_file is not set here",
+                "{PEER_CLOSED} {wait:?} after linking without sending anything, as a dialer that \
+                 requires peer authentication does: is ic_proxy.peer_auth_secret_file set on dbid {} but not here?",
                 slot.addr.dbid
             );
         }

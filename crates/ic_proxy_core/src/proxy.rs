@@ -21,7 +21,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::backend::run_session;
 use crate::config::{AddressMap, PeerAddr};
-use crate::peer::{accept_peer, OutFrame, PeerSlot};
+use crate::peer::{accept_peer, PeerSlot};
 use crate::pending::{
     soft_nofile_limit, AcceptFailure, AdmissionCaps, Pending, PendingLimits, SpareDescriptor,
 };
@@ -265,7 +265,7 @@ pub async fn run(
 /// Sends the BYEs the registry owes the senders of logical connections it
 /// ended (dropped from the early cache, or cut for a bad packet), so their
 /// backends' sockets close instead of waiting forever.
-async fn send_owed_byes(ctx: Arc<Ctx>, mut owed: mpsc::UnboundedReceiver<ByeOwed>) {
+async fn send_owed_byes(ctx: Arc<Ctx>, mut owed: mpsc::Receiver<ByeOwed>) {
     loop {
         let key = tokio::select! {
             _ = ctx.shutdown.cancelled() => break,
@@ -279,13 +279,11 @@ async fn send_owed_byes(ctx: Arc<Ctx>, mut owed: mpsc::UnboundedReceiver<ByeOwed
             ctx.registry.route(&key.reversed(), Arrival::Bye);
         } else if let Some(slot) = ctx.peer(key.remote.dbid) {
             let d = ctx.settings.dialect;
-            slot.send(OutFrame {
-                header: key.header(PacketType::Bye, d, 0).encode(d),
-                payload: bytes::Bytes::new(),
-                echo: false,
-                generation: slot.generation(),
-                charged: 0,
-            });
+            if !slot.send_answer(key.header(PacketType::Bye, d, 0).encode(d)) {
+                // That peer reads nothing back: its sender is told nothing
+                // more (its link will die of its own silence).
+                ctx.status.counters.dropped_packets.fetch_add(1, Relaxed);
+            }
         }
     }
 }

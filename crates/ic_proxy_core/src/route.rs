@@ -252,8 +252,13 @@ struct Waiting {
 /// it remembers at most (oldest forgotten first): a receiver that comes
 /// later is told at once that its stream ended, and late packets of the
 /// connection are dropped instead of waiting in the cache.
+/// About 150 bytes each: a flood of distinct keys costs at most ~1.2 MB
+/// here.
 const ENDED_TTL: Duration = Duration::from_secs(600);
-const ENDED_MAX: usize = 65_536;
+const ENDED_MAX: usize = 8192;
+/// BYEs owed and not yet handed to their peer's queue, at most: past it
+/// (a flood of distinct keys, each dropped at once) answers are skipped.
+const OWED_MAX: usize = 4096;
 
 /// The bounded, expiring record of logical connections the proxy ended.
 #[derive(Default)]
@@ -315,7 +320,7 @@ pub(crate) struct Registry {
     drop_log: LogLimit,
     /// BYEs to send for connections ended here (sent by the runtime's
     /// answering task, which knows the peers).
-    owed: mpsc::UnboundedSender<ByeOwed>,
+    owed: mpsc::Sender<ByeOwed>,
 }
 
 impl Registry {
@@ -323,8 +328,8 @@ impl Registry {
         status: Arc<StatusBoard>,
         cap_bytes: usize,
         ttl: Duration,
-    ) -> (Self, mpsc::UnboundedReceiver<ByeOwed>) {
-        let (owed, owed_rx) = mpsc::unbounded_channel();
+    ) -> (Self, mpsc::Receiver<ByeOwed>) {
+        let (owed, owed_rx) = mpsc::channel(OWED_MAX);
         let reg = Registry {
             inner: Mutex::new(Inner {
                 live: HashMap::new(),
@@ -594,7 +599,7 @@ impl Registry {
         self.drop_log.warn("ended logical connections", || {
             format!("ic-proxy: {key}: {why}; closing this logical connection (its sender is sent BYE)")
         });
-        let _ = self.owed.send(*key);
+        self.owe(*key);
     }
 
     /// Ends every session (proxy shutdown).
@@ -625,6 +630,14 @@ impl Registry {
             .ended
             .insert(s.key, s.key.session_id, Instant::now());
         s.abort.cancel();
+    }
+
+    /// Asks for a BYE to the sender of `key`; skipped (and counted) when
+    /// too many wait already.
+    fn owe(&self, key: LogicalConnKey) {
+        if self.owed.try_send(key).is_err() {
+            self.status.counters.dropped_packets.fetch_add(1, Relaxed);
+        }
     }
 
     fn publish_cache(&self, g: &Inner) {
@@ -676,7 +689,7 @@ impl Registry {
             };
             g.ended.insert(key, sid, now);
             if answer && data {
-                let _ = self.owed.send(key);
+                self.owe(key);
             }
         }
     }

@@ -408,7 +408,7 @@ hostile!(
             .expect("dropped at the timeout");
         c.wait_delta(1, auth_failures, 1).await;
         c.wait_delta(1, rejected, 1).await;
-        c.wait_log(&["did not answer the authentication challenge"])
+        c.wait_log(&["did not answer the challenge"])
             .await;
     }
 );
