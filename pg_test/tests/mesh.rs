@@ -442,7 +442,10 @@ async fn the_worker_takes_its_socket_back_from_the_built_in_proxy() {
     let i2 = cluster.instance(2);
     let sa = socket_of(cluster.instance(1), &a.socket_dir);
     let sb = socket_of(i2, &b.socket_dir);
-    let takeovers = || i2.psql("SELECT socket_takeovers FROM ic_proxy_info()").unwrap();
+    let takeovers = || {
+        i2.psql("SELECT socket_takeovers FROM ic_proxy_info()")
+            .unwrap()
+    };
     // The worker publishes its figures a few times a second.
     let wait_takeovers = |n: &str| {
         let mut last = String::new();
@@ -457,20 +460,31 @@ async fn the_worker_takes_its_socket_back_from_the_built_in_proxy() {
     // The built-in proxy starts after ours and takes the path.
     let mut builtin = BuiltinProxy::start(&sb);
     let took = taken_back(&builtin);
-    assert!(took < Duration::from_millis(2500), "taken back after {took:?}");
+    assert!(
+        took < Duration::from_millis(2500),
+        "taken back after {took:?}"
+    );
     let (sent, got, n) = stream(sa.clone(), sb.clone(), spec(&a, &b, 1), 1, 128, 8188)
         .await
         .unwrap();
     assert_eq!((sent, n), (got, 128));
     wait_takeovers("1");
-    i2.wait_for_log("most likely the built-in \"ic proxy process\"", MESH_TIMEOUT)
-        .unwrap();
-    assert!(i2.log().contains("Leave gp_interconnect_proxy_addresses empty"));
+    i2.wait_for_log(
+        "most likely the built-in \"ic proxy process\"",
+        MESH_TIMEOUT,
+    )
+    .unwrap();
+    assert!(i2
+        .log()
+        .contains("Leave gp_interconnect_proxy_addresses empty"));
 
     // It restarts later and takes the path again.
     builtin.restart();
     let took = taken_back(&builtin);
-    assert!(took < Duration::from_millis(2500), "taken back after {took:?}");
+    assert!(
+        took < Duration::from_millis(2500),
+        "taken back after {took:?}"
+    );
     let (sent, got, _) = stream(sa.clone(), sb.clone(), spec(&a, &b, 2), 2, 64, 8188)
         .await
         .unwrap();
@@ -489,9 +503,7 @@ async fn the_worker_takes_its_socket_back_from_the_built_in_proxy() {
     wait_for_exit(&[worker], MESH_TIMEOUT).unwrap();
     taken_back(&builtin);
     wait_mesh(i2, 2);
-    let (sent, got, _) = stream(sa, sb, spec(&a, &b, 3), 3, 64, 8188)
-        .await
-        .unwrap();
+    let (sent, got, _) = stream(sa, sb, spec(&a, &b, 3), 3, 64, 8188).await.unwrap();
     assert_eq!(sent, got);
     let restarted: u32 = i2
         .psql("SELECT worker_pid FROM ic_proxy_info()")

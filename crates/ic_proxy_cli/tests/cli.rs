@@ -507,7 +507,12 @@ fn sighup_rereads_the_peer_auth_secret_file_and_relinks_with_the_new_secret() {
         free_port(),
         free_port()
     );
-    let secret_arg = |p: &PathBuf| ["--peer-auth-secret-file".to_string(), p.display().to_string()];
+    let secret_arg = |p: &PathBuf| {
+        [
+            "--peer-auth-secret-file".to_string(),
+            p.display().to_string(),
+        ]
+    };
     let a1 = secret_arg(&s1);
     let a2 = secret_arg(&s2);
     let a1: Vec<&str> = a1.iter().map(String::as_str).collect();
@@ -528,7 +533,12 @@ fn sighup_rereads_the_peer_auth_secret_file_and_relinks_with_the_new_secret() {
     std::fs::write(&s2, "the second shared secret\n").unwrap();
     signal(&proxy2.child, libc::SIGHUP);
     let until = Instant::now() + DEADLINE;
-    while proxy1.log().matches("peer dbid 2 (content 0) connected").count() < 2 {
+    while proxy1
+        .log()
+        .matches("peer dbid 2 (content 0) connected")
+        .count()
+        < 2
+    {
         assert!(Instant::now() < until, "no new link:\n{}", proxy1.log());
         thread::sleep(POLL);
     }

@@ -51,11 +51,9 @@ fn proxy_sockets(dir: &Path) -> Vec<PathBuf> {
                 .flatten()
                 .map(|e| e.path())
                 .filter(|p| {
-                    p.file_name()
-                        .and_then(|n| n.to_str())
-                        .is_some_and(|n| {
-                            n.starts_with(".s.PGSQL.ic_proxy.") && !n.ends_with(".control")
-                        })
+                    p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                        n.starts_with(".s.PGSQL.ic_proxy.") && !n.ends_with(".control")
+                    })
                 })
                 .collect()
         })

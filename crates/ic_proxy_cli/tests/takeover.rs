@@ -110,14 +110,20 @@ async fn stream_works(p1: &Proxy, p2: &Proxy, n: u32) {
     let (mut tx, mut rx) = (tx.expect("sender"), rx.expect("receiver"));
     let send = async {
         for i in 0..128 {
-            tx.send_packet(&pattern_payload(u64::from(n), i, 8188)).await.unwrap();
+            tx.send_packet(&pattern_payload(u64::from(n), i, 8188))
+                .await
+                .unwrap();
         }
         tx.finish().await.unwrap();
     };
     let recv = async {
         let mut i = 0;
         while let RecvItem::Packet(p) = rx.recv().await.unwrap() {
-            assert_eq!(&p[..], &pattern_payload(u64::from(n), i, 8188)[..], "packet {i}");
+            assert_eq!(
+                &p[..],
+                &pattern_payload(u64::from(n), i, 8188)[..],
+                "packet {i}"
+            );
             i += 1;
         }
         i
@@ -178,20 +184,30 @@ async fn the_path_is_taken_back_after_the_built_in_proxy_takes_it_and_again_late
     let log = p1
         .wait_for_log("was served by another process, most likely the built-in")
         .await;
-    assert!(log.contains("Leave gp_interconnect_proxy_addresses empty"), "{log}");
+    assert!(
+        log.contains("Leave gp_interconnect_proxy_addresses empty"),
+        "{log}"
+    );
     stream_works(&p1, &p2, 3).await;
 
     tx.send_packet(b"after").await.unwrap();
     tx.finish().await.unwrap();
-    assert_eq!(rx.recv().await.unwrap(), RecvItem::Packet(b"before"[..].into()));
-    assert_eq!(rx.recv().await.unwrap(), RecvItem::Packet(b"after"[..].into()));
+    assert_eq!(
+        rx.recv().await.unwrap(),
+        RecvItem::Packet(b"before"[..].into())
+    );
+    assert_eq!(
+        rx.recv().await.unwrap(),
+        RecvItem::Packet(b"after"[..].into())
+    );
     assert_eq!(rx.recv().await.unwrap(), RecvItem::Eof);
 
     // The built-in proxy restarts (after a crash) and takes the path again.
     builtin.restart();
     let took = taken_back(&builtin).await;
     assert!(took <= TAKE_BACK + SLACK, "taken back after {took:?}");
-    p1.wait_for_log("back from another process (takeover 2)").await;
+    p1.wait_for_log("back from another process (takeover 2)")
+        .await;
     stream_works(&p1, &p2, 4).await;
     // One WARNING, not one per takeover.
     assert_eq!(p1.log().matches("most likely the built-in").count(), 1);

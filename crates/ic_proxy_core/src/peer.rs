@@ -466,11 +466,7 @@ pub(crate) fn tune_socket(s: &TcpStream) {
     let _ = sock.set_tcp_user_timeout(Some(Duration::from_secs(10)));
 }
 
-async fn handshake_as_dialer(
-    ctx: &Ctx,
-    addr: &PeerAddr,
-    mut s: TcpStream,
-) -> io::Result<NewLink> {
+async fn handshake_as_dialer(ctx: &Ctx, addr: &PeerAddr, mut s: TcpStream) -> io::Result<NewLink> {
     tune_socket(&s);
     let d = ctx.settings.dialect;
     let hello = Header {
@@ -1034,24 +1030,26 @@ async fn read_link(
                 Ok(None) => break,
                 // A DATA packet over max_packet_size ends its own logical
                 // connection, not the link: the stream is still in step.
-                Err(e @ HeaderError::LengthAboveMax { .. }) => match ctx.decoder.skip_oversized(&mut buf) {
-                    Ok(Some(h)) => {
-                        slot.stats.packets_in.fetch_add(1, Relaxed);
-                        slot.stats.bytes_in.fetch_add(u64::from(h.len), Relaxed);
-                        oversized_data(ctx, slot, &h);
-                        continue;
+                Err(e @ HeaderError::LengthAboveMax { .. }) => {
+                    match ctx.decoder.skip_oversized(&mut buf) {
+                        Ok(Some(h)) => {
+                            slot.stats.packets_in.fetch_add(1, Relaxed);
+                            slot.stats.bytes_in.fetch_add(u64::from(h.len), Relaxed);
+                            oversized_data(ctx, slot, &h);
+                            continue;
+                        }
+                        // Its payload is still to come.
+                        Ok(None) => break,
+                        // Not a DATA packet: the length is what is wrong.
+                        Err(_) => {
+                            ctx.status
+                                .counters
+                                .rejected_connections
+                                .fetch_add(1, Relaxed);
+                            return format!("malformed packet: {}", explain(ctx, &e, &buf));
+                        }
                     }
-                    // Its payload is still to come.
-                    Ok(None) => break,
-                    // Not a DATA packet: the length is what is wrong.
-                    Err(_) => {
-                        ctx.status
-                            .counters
-                            .rejected_connections
-                            .fetch_add(1, Relaxed);
-                        return format!("malformed packet: {}", explain(ctx, &e, &buf));
-                    }
-                },
+                }
                 Err(e) => {
                     ctx.status
                         .counters

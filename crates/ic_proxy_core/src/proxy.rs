@@ -675,12 +675,7 @@ impl PathGuard {
     }
 
     fn took(&mut self, ctx: &Ctx, path: &Path) {
-        let n = ctx
-            .status
-            .counters
-            .socket_takeovers
-            .fetch_add(1, Relaxed)
-            + 1;
+        let n = ctx.status.counters.socket_takeovers.fetch_add(1, Relaxed) + 1;
         if !self.warned {
             self.warned = true;
             log::warn!(

@@ -396,7 +396,9 @@ impl Registry {
                 }
                 drop(g);
                 self.status.counters.dropped_packets.fetch_add(1, Relaxed);
-                log::debug!("ic-proxy: dropped a packet of {key}: older than the session waiting for it");
+                log::debug!(
+                    "ic-proxy: dropped a packet of {key}: older than the session waiting for it"
+                );
                 return Routed::Dropped;
             }
         }
@@ -597,7 +599,9 @@ impl Registry {
             self.count_early_drops(&dropped, why, true);
         }
         self.drop_log.warn("ended logical connections", || {
-            format!("ic-proxy: {key}: {why}; closing this logical connection (its sender is sent BYE)")
+            format!(
+                "ic-proxy: {key}: {why}; closing this logical connection (its sender is sent BYE)"
+            )
         });
         self.owe(*key);
     }

@@ -194,7 +194,9 @@ async fn turning_authentication_on_by_reload_ends_every_unauthenticated_link() {
     assert_eq!(sent.unwrap(), got.unwrap().0);
     // The impostor cannot link again without the secret: its PEER HELLO is
     // answered with a challenge it cannot meet.
-    let _again = FakePeer::link(p1, fake.me).await.expect("its PEER HELLO is acknowledged");
+    let _again = FakePeer::link(p1, fake.me)
+        .await
+        .expect("its PEER HELLO is acknowledged");
     wait_until("the impostor refused", || {
         p1.status.snapshot().auth_failures >= 1
     })

@@ -85,7 +85,11 @@ async fn a_connection_evicted_from_the_early_cache_ends_at_both_ends() {
         .await
         .expect("the late receiver connects");
     let got = read_to_end(&mut rx, PROMPT).await;
-    assert!(got.is_empty(), "a dropped connection delivered {} packets", got.len());
+    assert!(
+        got.is_empty(),
+        "a dropped connection delivered {} packets",
+        got.len()
+    );
     drop(others);
     // The proxies carry a healthy connection after all that.
     let (tx, rx) = open_pair(&mesh, 1, 2, 99).await;
@@ -118,7 +122,11 @@ async fn a_connection_expired_in_the_early_cache_ends_at_both_ends() {
         .await
         .unwrap();
     let got = read_to_end(&mut rx, PROMPT).await;
-    assert!(got.is_empty(), "an expired connection delivered {} packets", got.len());
+    assert!(
+        got.is_empty(),
+        "an expired connection delivered {} packets",
+        got.len()
+    );
     mesh.shutdown().await;
 }
 
@@ -152,7 +160,11 @@ async fn one_flooding_peer_cannot_evict_another_peers_waiting_connection() {
     .await;
     let s1 = p1.status.snapshot();
     let drops = |dbid| s1.peers.iter().find(|p| p.addr.dbid == dbid).unwrap().drops;
-    assert_eq!(drops(2), 0, "proxy 2's connection was evicted for proxy 3's flood");
+    assert_eq!(
+        drops(2),
+        0,
+        "proxy 2's connection was evicted for proxy 3's flood"
+    );
     assert!(drops(3) >= 6);
     // The patient connection arrives whole.
     let rx = LogicalConn::connect(&p1.socket, patient.reversed(), &mesh.client_options())
@@ -160,7 +172,10 @@ async fn one_flooding_peer_cannot_evict_another_peers_waiting_connection() {
         .unwrap();
     let (got, count) = recv_stream(rx).await.unwrap();
     assert_eq!(count, 25);
-    assert_eq!(got, expected_digest(u64::from(patient.command_id), 25, 4000));
+    assert_eq!(
+        got,
+        expected_digest(u64::from(patient.command_id), 25, 4000)
+    );
     // The flood's senders were told: each reads end of stream.
     for mut f in flood.into_iter().take(6) {
         read_to_end(&mut f, Duration::from_secs(5)).await;

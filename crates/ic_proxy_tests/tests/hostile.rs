@@ -408,8 +408,7 @@ hostile!(
             .expect("dropped at the timeout");
         c.wait_delta(1, auth_failures, 1).await;
         c.wait_delta(1, rejected, 1).await;
-        c.wait_log(&["did not answer the challenge"])
-            .await;
+        c.wait_log(&["did not answer the challenge"]).await;
     }
 );
 
@@ -1145,48 +1144,75 @@ async fn garbage_on_link(c: &Case, garbage: Vec<u8>, why: &str) {
 hostile!(length_above_the_maximum_mid_stream, |c| {
     // Only DATA carries a payload: any other type this long is garbage.
     let bye = PacketType::Bye as u16;
-    let b = raw_header(C, u16::MAX, bye, fake_endpoint(), proxy_endpoint(c.proxy(1)));
+    let b = raw_header(
+        C,
+        u16::MAX,
+        bye,
+        fake_endpoint(),
+        proxy_endpoint(c.proxy(1)),
+    );
     garbage_on_link(&c, b, "packet length 65535 is above the maximum 8228").await;
 });
 
-hostile!(oversized_data_mid_stream_ends_its_connection_not_the_link, |c| {
-    // A DATA packet over max_packet_size (a peer configured with a larger
-    // gp_max_packet_size): its logical connection ends at both ends, the
-    // link and the other connections on it carry on.
-    let p1 = c.proxy(1);
-    let mut f = FakePeer::link_as_fake(p1).await;
-    let (victim, other) = (fake_spec(p1, 15), fake_spec(p1, 16));
-    let copts = c.mesh.client_options();
-    let (v, o) = tokio::join!(
-        LogicalConn::connect(&p1.socket, victim, &copts),
-        LogicalConn::connect(&p1.socket, other, &copts)
-    );
-    let (mut v, mut o) = (v.unwrap(), o.unwrap());
-    let mut b = packet(C, PacketType::Data, &victim.reversed(), &ictcp(&[7; MAX - 3]));
-    b.extend(packet(C, PacketType::Data, &other.reversed(), &ictcp(b"good")));
-    b.extend(packet(C, PacketType::Data, &victim.reversed(), &ictcp(b"late")));
-    f.send(&b).await.unwrap();
-    // The victim's receiver reads end of stream at once, nothing else.
-    let end = tokio::time::timeout(Duration::from_secs(1), v.recv())
-        .await
-        .expect("the victim's stream ends within 1 s");
-    assert_eq!(end.unwrap(), RecvItem::Eof);
-    assert_eq!(
-        o.recv().await.unwrap(),
-        RecvItem::Packet(bytes::Bytes::from_static(b"good"))
-    );
-    // The sender's proxy is sent the victim's BYE.
-    let bye = f.recv_skipping_acks().await.unwrap().expect("a BYE");
-    assert_eq!(bye.header.ptype, PacketType::Bye);
-    assert_eq!((bye.header.src.pid, bye.header.dst.pid), (victim.local.pid, victim.remote.pid));
-    c.wait_log(&["DATA of 8193 bytes from dbid 3 is over ic_proxy.max_packet_size 8192"])
-        .await;
-    // The link stayed up all along.
-    let s = p1.status.snapshot();
-    let fake = s.peers.iter().find(|p| p.addr.dbid == FAKE_DBID).unwrap();
-    assert_eq!((fake.state, fake.reconnects), (PeerState::Connected, 0));
-    assert_eq!(c.delta(1, rejected), 0);
-});
+hostile!(
+    oversized_data_mid_stream_ends_its_connection_not_the_link,
+    |c| {
+        // A DATA packet over max_packet_size (a peer configured with a larger
+        // gp_max_packet_size): its logical connection ends at both ends, the
+        // link and the other connections on it carry on.
+        let p1 = c.proxy(1);
+        let mut f = FakePeer::link_as_fake(p1).await;
+        let (victim, other) = (fake_spec(p1, 15), fake_spec(p1, 16));
+        let copts = c.mesh.client_options();
+        let (v, o) = tokio::join!(
+            LogicalConn::connect(&p1.socket, victim, &copts),
+            LogicalConn::connect(&p1.socket, other, &copts)
+        );
+        let (mut v, mut o) = (v.unwrap(), o.unwrap());
+        let mut b = packet(
+            C,
+            PacketType::Data,
+            &victim.reversed(),
+            &ictcp(&[7; MAX - 3]),
+        );
+        b.extend(packet(
+            C,
+            PacketType::Data,
+            &other.reversed(),
+            &ictcp(b"good"),
+        ));
+        b.extend(packet(
+            C,
+            PacketType::Data,
+            &victim.reversed(),
+            &ictcp(b"late"),
+        ));
+        f.send(&b).await.unwrap();
+        // The victim's receiver reads end of stream at once, nothing else.
+        let end = tokio::time::timeout(Duration::from_secs(1), v.recv())
+            .await
+            .expect("the victim's stream ends within 1 s");
+        assert_eq!(end.unwrap(), RecvItem::Eof);
+        assert_eq!(
+            o.recv().await.unwrap(),
+            RecvItem::Packet(bytes::Bytes::from_static(b"good"))
+        );
+        // The sender's proxy is sent the victim's BYE.
+        let bye = f.recv_skipping_acks().await.unwrap().expect("a BYE");
+        assert_eq!(bye.header.ptype, PacketType::Bye);
+        assert_eq!(
+            (bye.header.src.pid, bye.header.dst.pid),
+            (victim.local.pid, victim.remote.pid)
+        );
+        c.wait_log(&["DATA of 8193 bytes from dbid 3 is over ic_proxy.max_packet_size 8192"])
+            .await;
+        // The link stayed up all along.
+        let s = p1.status.snapshot();
+        let fake = s.peers.iter().find(|p| p.addr.dbid == FAKE_DBID).unwrap();
+        assert_eq!((fake.state, fake.reconnects), (PeerState::Connected, 0));
+        assert_eq!(c.delta(1, rejected), 0);
+    }
+);
 
 hostile!(length_below_the_header_mid_stream, |c| {
     let b = raw_header(C, 3, 0, fake_endpoint(), proxy_endpoint(c.proxy(1)));
