@@ -161,12 +161,7 @@ async fn turning_authentication_on_by_reload_ends_every_unauthenticated_link() {
     let _ = fake
         .send_packet(PacketType::Data, &conn.reversed(), &[4, 0, 0, 0])
         .await;
-    loop {
-        match fake.recv().await {
-            Ok(Some(_)) => continue,
-            Ok(None) | Err(_) => break,
-        }
-    }
+    while let Ok(Some(_)) = fake.recv().await {}
     let end = rx.recv().await;
     assert!(
         matches!(end, Ok(RecvItem::Eof) | Err(_)),

@@ -17,11 +17,8 @@ const PROMPT: Duration = Duration::from_secs(1);
 async fn read_to_end(c: &mut LogicalConn, within: Duration) -> Vec<Vec<u8>> {
     let mut got = Vec::new();
     let r = tokio::time::timeout(within, async {
-        loop {
-            match c.recv().await {
-                Ok(RecvItem::Packet(p)) => got.push(p.to_vec()),
-                Ok(RecvItem::Eof) | Ok(RecvItem::Stop) | Err(_) => break,
-            }
+        while let Ok(RecvItem::Packet(p)) = c.recv().await {
+            got.push(p.to_vec());
         }
     })
     .await;
