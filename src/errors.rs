@@ -15,9 +15,8 @@ pub fn map_error(context: &str, e: &MapError) -> ErrorReport {
         function_name(),
     )
     .set_hint(e.hint());
-    if e.problems.len() > 1 {
-        let all: Vec<String> = e.problems.iter().map(|p| p.message()).collect();
-        report = report.set_detail(all.join("\n"));
+    if let Some(detail) = e.detail() {
+        report = report.set_detail(detail);
     }
     report
 }

@@ -122,7 +122,7 @@ pub fn init() {
         c"Its content id comes from its entry in ic_proxy.addresses.",
         &DBID,
         0,
-        65535,
+        32767,
         GucContext::Postmaster,
         GucFlags::default(),
     );
@@ -394,13 +394,7 @@ pub(crate) unsafe extern "C-unwind" fn check_addresses(
         Ok(_) => true,
         Err(e) => {
             let message = format!("invalid ic_proxy.addresses: {e}");
-            let detail = (e.problems.len() > 1).then(|| {
-                e.problems
-                    .iter()
-                    .map(|p| p.message())
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            });
+            let detail = e.detail();
             unsafe { report(&message, detail.as_deref(), Some(&e.hint())) };
             false
         }

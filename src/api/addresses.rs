@@ -78,7 +78,7 @@ fn instances(delta: i32) -> Result<(Vec<Instance>, AddressMap), ErrorReport> {
                 errors::error(
                     PgSqlErrorCode::ERRCODE_NUMERIC_VALUE_OUT_OF_RANGE,
                     format!(
-                        "dbid {} in gp_segment_configuration is outside 1..65535",
+                        "dbid {} in gp_segment_configuration is outside 1..32767",
                         r.dbid
                     ),
                     "Fix the dbid in gp_segment_configuration.",

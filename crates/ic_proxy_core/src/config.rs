@@ -489,7 +489,34 @@ pub struct MapError {
     pub problems: Vec<MapProblem>,
 }
 
+/// Problems listed one per line in an error's detail, at most: a value
+/// of a million empty entries must not make a million-line message.
+pub const MAX_DETAIL_PROBLEMS: usize = 20;
+
 impl MapError {
+    /// Every problem, one per line, for an error's detail (at most
+    /// [`MAX_DETAIL_PROBLEMS`], then how many more); None for a single one
+    /// (the message says it).
+    pub fn detail(&self) -> Option<String> {
+        if self.problems.len() < 2 {
+            return None;
+        }
+        let mut lines: Vec<String> = self
+            .problems
+            .iter()
+            .take(MAX_DETAIL_PROBLEMS)
+            .map(MapProblem::message)
+            .collect();
+        let rest = self.problems.len().saturating_sub(MAX_DETAIL_PROBLEMS);
+        if rest > 0 {
+            lines.push(format!(
+                "... and {rest} more problem{}",
+                if rest == 1 { "" } else { "s" }
+            ));
+        }
+        Some(lines.join("\n"))
+    }
+
     /// The first problem's hint.
     pub fn hint(&self) -> String {
         self.problems
@@ -1620,6 +1647,25 @@ mod tests {
             err.hint(),
             "Write each entry as dbid:content:host:port, for example 1:-1:cdw:7000,2:0:sdw1:7002."
         );
+    }
+
+    #[test]
+    fn the_detail_lists_at_most_twenty_problems() {
+        let many = ",".repeat(100_000);
+        let e = AddressMap::parse(&format!("x{many}")).unwrap_err();
+        assert!(e.problems.len() > MAX_DETAIL_PROBLEMS);
+        let detail = e.detail().unwrap();
+        assert_eq!(detail.lines().count(), MAX_DETAIL_PROBLEMS + 1);
+        assert!(
+            detail.ends_with(&format!(
+                "... and {} more problems",
+                e.problems.len() - MAX_DETAIL_PROBLEMS
+            )),
+            "{}",
+            detail.lines().last().unwrap()
+        );
+        assert!(detail.len() < 4096, "{} bytes", detail.len());
+        assert_eq!(AddressMap::parse("1:-1:cdw:0").unwrap_err().detail(), None);
     }
 
     #[test]

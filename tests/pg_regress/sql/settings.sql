@@ -50,7 +50,7 @@ ALTER SYSTEM SET ic_proxy.max_packet_size = 511;
 \echo SQLSTATE :LAST_ERROR_SQLSTATE
 ALTER SYSTEM SET ic_proxy.max_packet_size = 65472;
 \echo SQLSTATE :LAST_ERROR_SQLSTATE
-ALTER SYSTEM SET ic_proxy.dbid = 65536;
+ALTER SYSTEM SET ic_proxy.dbid = 32768;
 \echo SQLSTATE :LAST_ERROR_SQLSTATE
 ALTER SYSTEM SET ic_proxy.worker_threads = 0;
 \echo SQLSTATE :LAST_ERROR_SQLSTATE
