@@ -10,7 +10,7 @@
 #   install  bash scripts/install.sh (debug): the extension the next layers test, each file
 #            renamed into place (never rewritten in place under a running server)
 #   benchpg  ic-proxy-bench --quick --only pg: the benchmark's smoke test through the worker in two PostgreSQL servers
-#   cluster  pg_regress golden files and cluster tests (pg_test/)
+#   cluster  pg_regress golden files and cluster tests (crates/ic_proxy_cluster_tests/)
 #   survive  a server started with the library after the pgrx layer is still up, with
 #            the same postmaster and worker, after every later layer (re)installed it
 set -uo pipefail
@@ -124,7 +124,7 @@ LIB="$("$PG_CONFIG" --pkglibdir)/cloudberry_ic_proxy.so"
 # Servers run as the server user in temporary directories of their own; let
 # that user also traverse the path to the repository (a clone under a
 # root-only directory would otherwise hide any repository file a server or
-# pg_regress is pointed at; pg_test copies the pg_regress inputs anyway).
+# pg_regress is pointed at; the cluster tests copy the pg_regress inputs anyway).
 dir="$REPO"
 while [ "$dir" != / ]; do chmod o+rx "$dir"; dir="$(dirname "$dir")"; done
 
@@ -219,7 +219,7 @@ survive_check() {
 survive_start > "$WORK/survive-start.log" 2>&1
 cat "$WORK/survive-start.log"
 
-# 3. install: replaces the pg_test build of layer 2 with the real extension,
+# 3. install: replaces the #[pg_test] build of layer 2 with the real extension,
 # each file renamed into place (see scripts/install.sh).
 run_layer install bash scripts/install.sh --pg-config "$PG_CONFIG"
 [ "${STATUS[install]}" = PASS ] && COUNTS[install]="cloudberry_ic_proxy.so in $("$PG_CONFIG" --pkglibdir)"

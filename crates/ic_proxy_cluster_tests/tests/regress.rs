@@ -19,7 +19,7 @@ use ic_proxy_cluster_tests::{
 const DBNAME: &str = "regression_ic_proxy";
 
 fn regress_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/pg_regress")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/pg_regress")
 }
 
 /// Every tests/pg_regress/sql/<name>.sql, by name.
