@@ -4,6 +4,7 @@
 # output ends with one summary line per layer and `N passed, M failed`
 # (layers), and the exit status is 1 when any layer failed.
 #
+#   lint     cargo fmt --check, then cargo clippy -D warnings on every crate and target
 #   core     cargo test of the pure crates (unit, property, integration)
 #   bench    ic-proxy-bench --quick: every standalone-proxy scenario at tiny sizes (fails on lost data or a stall only)
 #   pgrx     the #[pg_test]s of src/, in a throw-away server run as postgres
@@ -26,7 +27,7 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 1
 fi
 
-LAYERS=(core bench pgrx install benchpg cluster survive)
+LAYERS=(lint core bench pgrx install benchpg cluster survive)
 declare -A STATUS SECS COUNTS TP TF
 
 PGBIN=/usr/lib/postgresql/15/bin
@@ -127,6 +128,10 @@ LIB="$("$PG_CONFIG" --pkglibdir)/cloudberry_ic_proxy.so"
 # pg_regress is pointed at; the cluster tests copy the pg_regress inputs anyway).
 dir="$REPO"
 while [ "$dir" != / ]; do chmod o+rx "$dir"; dir="$(dirname "$dir")"; done
+
+# 0. lint: formatting and clippy, the pgrx crate included (a clippy build
+# shares nothing with the test builds, so it costs a few minutes once).
+run_layer lint bash -c 'cargo fmt --all --check && cargo clippy --workspace --all-targets -- -D warnings'
 
 # 1. core
 # --no-fail-fast: a failing test binary does not hide the results of the next.
