@@ -11,14 +11,8 @@ use std::io;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
+pub use crate::settings::DEFAULT_PENDING_PEERS_PER_SOURCE;
 use crate::settings::ProxySettings;
-
-/// Per source address of peer connections in their handshake, by default.
-/// One remote instance has at most one dial to this proxy in progress, so
-/// this is the number of instances one host may run and still have all of
-/// them (re)link at the same moment; beyond it, the excess retry a retry
-/// interval later.
-pub const DEFAULT_PENDING_PEERS_PER_SOURCE: usize = 64;
 
 /// Caps when the descriptor limit is unlimited.
 const FALLBACK_PENDING: usize = 1024;

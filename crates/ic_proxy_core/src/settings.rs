@@ -42,7 +42,7 @@ pub struct ProxySettings {
     /// at most N-1 peer handshakes at once).
     pub max_pending_peers: Option<usize>,
     /// The same per source address (IPv6: per /64); default
-    /// [`crate::pending::DEFAULT_PENDING_PEERS_PER_SOURCE`].
+    /// [`DEFAULT_PENDING_PEERS_PER_SOURCE`].
     pub max_pending_peers_per_source: usize,
     /// Backend connections that may wait for their HELLO at once; a new one
     /// past it is closed at once. None: a quarter of the descriptor limit at
@@ -58,6 +58,13 @@ pub struct ProxySettings {
     /// alone and retried.
     pub take_over: bool,
 }
+
+/// Per source address of peer connections in their handshake, by default.
+/// One remote instance has at most one dial to this proxy in progress, so
+/// this is the number of instances one host may run and still have all of
+/// them (re)link at the same moment; beyond it, the excess retry a retry
+/// interval later.
+pub const DEFAULT_PENDING_PEERS_PER_SOURCE: usize = 64;
 
 /// Default of [`ProxySettings::peer_queue_bytes`]: 16 MiB.
 pub const DEFAULT_PEER_QUEUE_BYTES: usize = 16 << 20;
@@ -75,7 +82,7 @@ impl ProxySettings {
             first_dial_delay: Duration::from_millis(100),
             peer_queue_bytes: DEFAULT_PEER_QUEUE_BYTES,
             max_pending_peers: None,
-            max_pending_peers_per_source: crate::pending::DEFAULT_PENDING_PEERS_PER_SOURCE,
+            max_pending_peers_per_source: DEFAULT_PENDING_PEERS_PER_SOURCE,
             max_pending_backends: None,
             descriptor_reserve: None,
             take_over: false,
