@@ -7,7 +7,7 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,7 +15,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{self, AuthMessage, Role as AuthRole, AUTH_SESSION_ID};
@@ -27,24 +27,9 @@ use crate::proxy::Ctx;
 use crate::route::{Arrival, RouteCache};
 use crate::status::{PeerState, PeerStats};
 
-/// One packet on its way to a peer: the header is built inline, the payload
-/// is shared with the buffer it was read into.
-pub(crate) struct OutFrame {
-    pub header: EncodedHeader,
-    pub payload: Bytes,
-    /// A probe's echo, counted in `PeerSlot::echo_queued` while it waits.
-    pub echo: bool,
-    /// The link generation the frame belongs to: frames of logical
-    /// connections cut with an earlier link are never sent on a later one.
-    pub generation: u64,
-    /// Bytes of the peer's queue budget this frame holds
-    /// ([`PeerSlot::reserve`]); given back once it is written or discarded.
-    pub charged: u32,
-}
+mod queue;
 
-/// Echoes of probes waiting for one peer, at most: a peer that sends probes
-/// and reads nothing back cannot make the queue grow past this.
-const PROBE_ECHO_LIMIT: usize = 1 << 20;
+pub(crate) use queue::{NewLink, OutFrame, PeerQueue};
 
 /// How long an established link has to answer a probe when its peer dials
 /// again.
@@ -61,36 +46,23 @@ const READ_ROOM: usize = 64 * 1024;
 pub(crate) struct PeerSlot {
     pub addr: PeerAddr,
     pub stats: Arc<PeerStats>,
-    tx: mpsc::UnboundedSender<OutFrame>,
+    /// What waits to go to the peer, and the budget it takes from.
+    pub(crate) queue: PeerQueue,
     /// Cancelled when the entry leaves the map or the proxy stops.
     pub token: CancellationToken,
     accepted: mpsc::Sender<NewLink>,
     link_up: AtomicBool,
-    /// Bytes of probe echoes queued and not yet taken by the link's writer.
-    echo_queued: AtomicUsize,
-    /// Bumped each time a link is lost.
-    generation: AtomicU64,
     /// The link in use, to end it when a reconnecting peer proves it dead.
     current_link: Mutex<Option<CancellationToken>>,
     /// Sequence number of the last link probe sent, and the last answered.
     probe_seq: AtomicU32,
     probe_answered: watch::Sender<u32>,
-    /// Bytes of DATA that sessions may still queue for this peer: all the
-    /// logical connections to one peer together cannot park more than
-    /// `ProxySettings::peer_queue_bytes` here while the link is slower than
-    /// their backends; a session waits for room before it reads on.
-    budget: Semaphore,
-    budget_cap: u32,
     /// The authentication secret the link in use was made with (None: not
     /// authenticated): a reload that requires another one ends it.
     link_secret: Mutex<Option<Arc<[u8]>>>,
     /// Why the link in use is being ended from this side, when it is.
     end_reason: Mutex<Option<String>>,
 }
-
-/// A link and what its handshake used: the stream, bytes read past the
-/// handshake, and the authentication secret (None: not authenticated).
-pub(crate) type NewLink = (TcpStream, BytesMut, Option<Arc<[u8]>>);
 
 /// How long a dialer that requires authentication waits for the peer's
 /// challenge: the acceptor sends it right after its PEER_HELLO_ACK, so a
@@ -129,22 +101,18 @@ impl PeerSlot {
             _ => PeerState::Connecting,
         };
         let stats = Arc::new(PeerStats::new(addr.clone(), initial));
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (queue, rx) = PeerQueue::new(ctx.settings.peer_queue_bytes, stats.clone());
         let (accepted, accepted_rx) = mpsc::channel(1);
         let slot = Arc::new(PeerSlot {
             addr,
             stats,
-            tx,
+            queue,
             token: ctx.links.child_token(),
             accepted,
             link_up: AtomicBool::new(false),
-            echo_queued: AtomicUsize::new(0),
-            generation: AtomicU64::new(0),
             current_link: Mutex::new(None),
             probe_seq: AtomicU32::new(0),
             probe_answered: watch::channel(0).0,
-            budget: Semaphore::new(ctx.settings.peer_queue_bytes),
-            budget_cap: ctx.settings.peer_queue_bytes.min(u32::MAX as usize) as u32,
             link_secret: Mutex::new(None),
             end_reason: Mutex::new(None),
         });
@@ -158,7 +126,7 @@ impl PeerSlot {
 
     /// Queues a frame for the peer. Frames wait while the link is down.
     pub fn send(&self, f: OutFrame) {
-        let _ = self.tx.send(f);
+        self.queue.send(f);
     }
 
     pub fn is_up(&self) -> bool {
@@ -167,7 +135,7 @@ impl PeerSlot {
 
     /// The generation of the current (or next) link.
     pub fn generation(&self) -> u64 {
-        self.generation.load(Relaxed)
+        self.queue.generation()
     }
 
     /// Asks the peer proxy, over the established link, to answer a probe;
@@ -257,62 +225,18 @@ impl PeerSlot {
         }
     }
 
-    /// Waits until `bytes` of DATA may be queued for this peer and takes
-    /// them from the budget; returns what the frame must carry in
-    /// [`OutFrame::charged`]. A frame larger than the whole budget takes all
-    /// of it.
+    /// Waits until `bytes` of DATA may be queued for this peer; see
+    /// [`PeerQueue::reserve`].
     pub async fn reserve(&self, bytes: usize) -> u32 {
-        let n = bytes.min(self.budget_cap as usize) as u32;
-        if n == 0 {
-            return 0;
-        }
-        match self.budget.acquire_many(n).await {
-            Ok(p) => {
-                p.forget();
-                self.stats.cached_bytes.fetch_add(i64::from(n), Relaxed);
-                n
-            }
-            // Never closed; nothing to wait for then.
-            Err(_) => 0,
-        }
+        self.queue.reserve(bytes).await
     }
 
     /// Queues a message the proxy answers with on its own (a BYE for a
     /// logical connection it ended), counted with probe echoes: a peer that
     /// sends and never reads cannot make such answers pile up past
-    /// [`PROBE_ECHO_LIMIT`]. False, and nothing queued, past it.
+    /// `PROBE_ECHO_LIMIT` bytes. False, and nothing queued, past it.
     pub fn send_answer(&self, header: EncodedHeader) -> bool {
-        let size = header.len();
-        if self.echo_queued.load(Relaxed) + size > PROBE_ECHO_LIMIT {
-            return false;
-        }
-        self.echo_queued.fetch_add(size, Relaxed);
-        self.send(OutFrame {
-            header,
-            payload: Bytes::new(),
-            echo: true,
-            generation: self.generation(),
-            charged: 0,
-        });
-        true
-    }
-
-    /// Gives queue budget back (frames written or discarded).
-    fn release(&self, bytes: usize) {
-        if bytes > 0 {
-            self.stats.cached_bytes.fetch_sub(bytes as i64, Relaxed);
-            self.budget.add_permits(bytes);
-        }
-    }
-
-    /// A frame left the queue (written, or discarded with a dead link);
-    /// returns the budget it held, for the caller to release.
-    fn taken(&self, f: &OutFrame) -> usize {
-        if f.echo {
-            self.echo_queued
-                .fetch_sub(f.header.len() + f.payload.len(), Relaxed);
-        }
-        f.charged as usize
+        self.queue.send_echo(header, Bytes::new()).is_ok()
     }
 }
 
@@ -411,11 +335,11 @@ async fn peer_task(
         slot.link_up.store(false, Relaxed);
         // What the ended logical connections still send (their BYEs) stays
         // behind: the next link starts a new generation.
-        slot.generation.fetch_add(1, Relaxed);
+        slot.queue.next_generation();
         // Frames queued for the dead link belong to the logical connections
         // being ended now: discard them before ending those connections.
         while let Ok(f) = rx.try_recv() {
-            slot.taken(&f);
+            slot.queue.taken(&f);
         }
         let ended = ctx.registry.abort_remote(slot.addr.dbid);
         if slot.token.is_cancelled() {
@@ -950,7 +874,7 @@ async fn write_link(
         let mut packets = 0u64;
         let mut charged = 0usize;
         let mut add = |f: OutFrame, out: &mut Vec<u8>| {
-            charged += slot.taken(&f);
+            charged += slot.queue.taken(&f);
             // A frame of a connection cut with an earlier link is dropped.
             if f.generation == generation {
                 out.extend_from_slice(&f.header);
@@ -967,7 +891,7 @@ async fn write_link(
             }
         }
         if out.is_empty() {
-            slot.release(charged);
+            slot.queue.release(charged);
             continue;
         }
         let written = tokio::select! {
@@ -975,7 +899,7 @@ async fn write_link(
             r = wr.write_all(&out) => Some(r),
         };
         // Written or not, these frames have left the queue.
-        slot.release(charged);
+        slot.queue.release(charged);
         match written {
             None => break,
             Some(r) => r?,
@@ -1002,8 +926,8 @@ async fn flush_queued(
     let generation = slot.generation();
     let mut out = Vec::new();
     while let Ok(f) = rx.try_recv() {
-        let charged = slot.taken(&f);
-        slot.release(charged);
+        let charged = slot.queue.taken(&f);
+        slot.queue.release(charged);
         if f.generation == generation {
             out.extend_from_slice(&f.header);
             out.extend_from_slice(&f.payload);
@@ -1180,24 +1104,13 @@ fn echo_probe(ctx: &Ctx, slot: &PeerSlot, h: &Header, a: Arrival) {
     if h.src.pid == 0 {
         back.send_slice = LINK_PROBE_ANSWER;
     }
-    let header = back.encode(d);
-    let size = header.len() + payload.len();
-    let waiting = slot.echo_queued.load(Relaxed);
-    if waiting + size > PROBE_ECHO_LIMIT {
-        return drop_packet(
+    if let Err(waiting) = slot.queue.send_echo(back.encode(d), payload) {
+        drop_packet(
             ctx,
             slot,
             &format!("probe not echoed: {waiting} bytes of echoes already wait (the peer does not read them)"),
         );
     }
-    slot.echo_queued.fetch_add(size, Relaxed);
-    slot.send(OutFrame {
-        header,
-        payload,
-        echo: true,
-        generation: slot.generation(),
-        charged: 0,
-    });
 }
 
 fn drop_packet(ctx: &Ctx, slot: &PeerSlot, why: &str) {
