@@ -15,9 +15,9 @@ use tokio::net::UnixStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::flow::RecvCredit;
-use crate::peer::{read_packet, OutFrame, PeerSlot};
+use crate::peer::{OutFrame, PeerSlot};
 use crate::pending::Pending;
-use crate::protocol::{LogicalConnKey, PacketType};
+use crate::protocol::{LogicalConnKey, PacketReader, PacketType};
 use crate::proxy::Ctx;
 use crate::route::{Arrival, Delivery, RouteCache, SessionShared, PACKET_COST};
 
@@ -93,7 +93,7 @@ pub(crate) async fn run_session(ctx: Arc<Ctx>, stream: UnixStream, pending: Pend
     let mut buf = BytesMut::new();
     let hello = match tokio::time::timeout(
         ctx.settings.handshake_timeout,
-        read_packet(&ctx, &mut rd, &mut buf),
+        PacketReader::new(ctx.decoder).read_packet(&mut rd, &mut buf),
     )
     .await
     {

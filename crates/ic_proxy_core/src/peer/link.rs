@@ -16,9 +16,9 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::probe::{echo_probe, PROBE_SESSION_ID};
-use super::{drop_packet, explain, OutFrame, PeerSlot};
+use super::{drop_packet, OutFrame, PeerSlot};
 use crate::auth::AUTH_SESSION_ID;
-use crate::protocol::{Header, HeaderError, LogicalConnKey, PacketType};
+use crate::protocol::{Header, HeaderError, LogicalConnKey, PacketReader, PacketType};
 use crate::proxy::Ctx;
 use crate::route::{Arrival, RouteCache};
 
@@ -155,6 +155,7 @@ async fn read_link(
     link: &CancellationToken,
 ) -> String {
     let mut routes = RouteCache::default();
+    let reader = PacketReader::new(ctx.decoder);
     let me = ctx.settings.dbid;
     loop {
         loop {
@@ -179,7 +180,7 @@ async fn read_link(
                                 .counters
                                 .rejected_connections
                                 .fetch_add(1, Relaxed);
-                            return format!("malformed packet: {}", explain(ctx, &e, &buf));
+                            return format!("malformed packet: {}", reader.explain(&e, &buf));
                         }
                     }
                 }
@@ -188,7 +189,7 @@ async fn read_link(
                         .counters
                         .rejected_connections
                         .fetch_add(1, Relaxed);
-                    return format!("malformed packet: {}", explain(ctx, &e, &buf));
+                    return format!("malformed packet: {}", reader.explain(&e, &buf));
                 }
             };
             if link.is_cancelled() {

@@ -12,16 +12,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{self, AuthMessage, Role as AuthRole, AUTH_SESSION_ID};
 use crate::config::PeerAddr;
-use crate::protocol::{
-    sniff_dialect, EncodedHeader, Endpoint, Header, HeaderError, LogicalConnKey, Packet, PacketType,
-};
+use crate::protocol::{EncodedHeader, Endpoint, Header, LogicalConnKey, PacketReader, PacketType};
 use crate::proxy::Ctx;
 use crate::status::{PeerState, PeerStats};
 
@@ -365,7 +363,7 @@ async fn handshake_as_dialer(ctx: &Ctx, addr: &PeerAddr, mut s: TcpStream) -> io
     let mut buf = BytesMut::with_capacity(4096);
     let ack = tokio::time::timeout(
         ctx.settings.handshake_timeout,
-        read_packet(ctx, &mut s, &mut buf),
+        PacketReader::new(ctx.decoder).read_packet(&mut s, &mut buf),
     )
     .await
     .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no PEER_HELLO_ACK in time"))??;
@@ -480,7 +478,7 @@ async fn write_auth(
 
 /// Reads one authentication message.
 async fn read_auth(ctx: &Ctx, s: &mut TcpStream, buf: &mut BytesMut) -> io::Result<AuthMessage> {
-    let p = read_packet(ctx, s, buf).await?;
+    let p = PacketReader::new(ctx.decoder).read_packet(s, buf).await?;
     if p.header.ptype != PacketType::Data || p.header.session_id != AUTH_SESSION_ID {
         return Err(invalid(format!(
             "expected an authentication message, got {}",
@@ -494,61 +492,13 @@ fn invalid(msg: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, msg)
 }
 
-/// Reads exactly one proxy packet; bytes after it stay in `buf`.
-pub(crate) async fn read_packet<S: AsyncReadExt + Unpin>(
-    ctx: &Ctx,
-    s: &mut S,
-    buf: &mut BytesMut,
-) -> io::Result<Packet> {
-    loop {
-        // A stream of the other dialect is refused on its first 4 bytes,
-        // before waiting for a header that may never complete.
-        if buf.len() >= 4 {
-            if let Some(theirs) = sniff_dialect(&buf[..4]) {
-                if theirs != ctx.settings.dialect {
-                    return Err(invalid(format!(
-                        "dialect mismatch: the other side speaks dialect {theirs} but this proxy speaks dialect {} (ic_proxy.dialect)",
-                        ctx.settings.dialect
-                    )));
-                }
-            }
-        }
-        match ctx.decoder.decode(buf) {
-            Ok(Some(p)) => return Ok(p),
-            Ok(None) => {}
-            Err(e) => return Err(invalid(explain(ctx, &e, buf))),
-        }
-        if buf.capacity() - buf.len() < 512 {
-            buf.reserve(4096);
-        }
-        if s.read_buf(buf).await? == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "closed before a whole packet",
-            ));
-        }
-    }
-}
-
-/// A header error, with the dialect named when the bytes are the other one.
-pub(crate) fn explain(ctx: &Ctx, e: &HeaderError, buf: &[u8]) -> String {
-    let mine = ctx.settings.dialect;
-    match sniff_dialect(&buf[..buf.len().min(4)]) {
-        Some(theirs) if theirs != mine => format!(
-            "dialect mismatch: the other side speaks dialect {theirs} but this proxy speaks dialect {mine} \
-             (ic_proxy.dialect); {e}"
-        ),
-        _ => e.to_string(),
-    }
-}
-
 /// Takes over an accepted connection after its PEER_HELLO was checked.
 pub(crate) async fn accept_peer(ctx: Arc<Ctx>, mut s: TcpStream, from: SocketAddr) {
     tune_socket(&s);
     let mut buf = BytesMut::with_capacity(4096);
     let hello = match tokio::time::timeout(
         ctx.settings.handshake_timeout,
-        read_packet(&ctx, &mut s, &mut buf),
+        PacketReader::new(ctx.decoder).read_packet(&mut s, &mut buf),
     )
     .await
     {

@@ -3,14 +3,16 @@
 //! magic), the logical-connection key, and the two stream framings (proxy
 //! packets on peer streams, ic-tcp length-prefixed packets from backends).
 //!
-//! Everything here is a pure function over bytes: it never does I/O, never
-//! blocks, and never looks inside a DATA payload beyond ic-tcp's 4-byte
-//! lengths. Multi-byte fields are in host byte order, as the C code writes
+//! Everything here is a pure function over bytes, except [`PacketReader`],
+//! which awaits one whole packet from a stream for the handshakes: nothing
+//! here writes or blocks, and nothing looks inside a DATA payload beyond
+//! ic-tcp's 4-byte lengths. Multi-byte fields are in host byte order, as the C code writes
 //! them; a cluster must be endian-homogeneous.
 
 mod codec;
 mod header;
 mod key;
+mod reader;
 
 pub use codec::{encode_packet, ictcp_packet, FrameError, IcTcpFramer, Packet, PacketDecoder};
 pub use header::{
@@ -19,3 +21,4 @@ pub use header::{
     MIN_PACKET_SIZE,
 };
 pub use key::LogicalConnKey;
+pub use reader::PacketReader;
