@@ -17,6 +17,10 @@
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
+mod exchange;
+
+pub(crate) use exchange::{Exchange, CHALLENGE_WAIT};
+
 /// Session id of authentication packets (never a real gp_session_id).
 pub const AUTH_SESSION_ID: i32 = i32::MIN + 1;
 /// Shortest secret accepted.

@@ -1,0 +1,404 @@
+//! Making a link: the dialer's PEER_HELLO and the acceptor's checks and
+//! PEER_HELLO_ACK, exactly as the C proxy builds them, then the
+//! authentication exchange when a secret is configured. A link that passes
+//! is handed to the peer's slot; nothing is read or written on it here
+//! after that.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use super::probe::LINK_PROBE_TIMEOUT;
+use super::{role, NewLink, Role};
+use crate::auth::Exchange;
+use crate::config::PeerAddr;
+use crate::protocol::{Dialect, Endpoint, Header, PacketReader, PacketType};
+use crate::proxy::Ctx;
+
+/// PEER_HELLO, header only: `me` as the source, the peer's content and
+/// dbid with pid 0 as the destination, everything else 0. The acceptor
+/// only uses the source's dbid; the rest is informational.
+fn peer_hello(d: Dialect, me: Endpoint, to: &PeerAddr) -> Header {
+    Header {
+        len: d.header_len() as u16,
+        ptype: PacketType::PeerHello,
+        src: me,
+        dst: Endpoint {
+            content: to.content,
+            dbid: to.dbid,
+            pid: 0,
+        },
+        session_id: 0,
+        command_id: 0,
+        send_slice: 0,
+        recv_slice: 0,
+    }
+}
+
+/// PEER_HELLO_ACK as the C proxy builds it: the connector's content and
+/// dbid with the acceptor's pid, then the HELLO's destination with pid 0
+/// (the connector checks that this dbid is the one it dialed).
+fn peer_hello_ack(d: Dialect, hello: &Header, my_pid: i32) -> Header {
+    Header {
+        len: d.header_len() as u16,
+        ptype: PacketType::PeerHelloAck,
+        src: Endpoint {
+            content: hello.src.content,
+            dbid: hello.src.dbid,
+            pid: my_pid,
+        },
+        dst: Endpoint {
+            content: hello.dst.content,
+            dbid: hello.dst.dbid,
+            pid: 0,
+        },
+        session_id: 0,
+        command_id: 0,
+        send_slice: 0,
+        recv_slice: 0,
+    }
+}
+
+/// Dials the peer and says PEER_HELLO; Ok once its PEER_HELLO_ACK is checked.
+pub(super) async fn dial(ctx: &Ctx, addr: &PeerAddr) -> io::Result<NewLink> {
+    let deadline = ctx.settings.handshake_timeout;
+    let targets: Vec<SocketAddr> =
+        tokio::time::timeout(deadline, tokio::net::lookup_host(addr.socket_addr_string()))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "name resolution timed out"))??
+            .collect();
+    let mut last = io::Error::new(io::ErrorKind::NotFound, "the name resolved to no address");
+    for target in targets {
+        match tokio::time::timeout(deadline, TcpStream::connect(target)).await {
+            Ok(Ok(s)) => return handshake_as_dialer(ctx, addr, s).await,
+            Ok(Err(e)) => last = e,
+            Err(_) => last = io::Error::new(io::ErrorKind::TimedOut, "connect timed out"),
+        }
+    }
+    Err(last)
+}
+
+pub(crate) fn tune_socket(s: &TcpStream) {
+    let _ = s.set_nodelay(true);
+    let sock = socket2::SockRef::from(s);
+    // A dead peer is noticed within about 10 s (keepalive after 5 s of
+    // silence; a rebooted host answers its first probe with a reset), or
+    // after 10 s of unacknowledged data (user timeout), not TCP's 15 minutes.
+    // Keepalive is invisible to the peer process, C proxies included.
+    let ka = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(5))
+        .with_interval(Duration::from_secs(2))
+        .with_retries(3);
+    let _ = sock.set_tcp_keepalive(&ka);
+    let _ = sock.set_tcp_user_timeout(Some(Duration::from_secs(10)));
+}
+
+async fn handshake_as_dialer(ctx: &Ctx, addr: &PeerAddr, mut s: TcpStream) -> io::Result<NewLink> {
+    tune_socket(&s);
+    let d = ctx.settings.dialect;
+    let reader = PacketReader::new(ctx.decoder);
+    let me = Endpoint {
+        content: ctx.my_content(),
+        dbid: ctx.settings.dbid,
+        pid: ctx.settings.pid,
+    };
+    let hello = peer_hello(d, me, addr);
+    s.write_all(&hello.encode(d)).await?;
+    let mut buf = BytesMut::with_capacity(4096);
+    let ack = tokio::time::timeout(
+        ctx.settings.handshake_timeout,
+        reader.read_packet(&mut s, &mut buf),
+    )
+    .await
+    .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no PEER_HELLO_ACK in time"))??;
+    if ack.header.ptype != PacketType::PeerHelloAck {
+        return Err(invalid(format!(
+            "expected PEER HELLO ACK, got {}",
+            ack.header.ptype
+        )));
+    }
+    if ack.header.dst.dbid != addr.dbid {
+        return Err(invalid(format!(
+            "PEER HELLO ACK names dbid {} but dbid {} was dialed: is the map the same on every instance?",
+            ack.header.dst.dbid, addr.dbid
+        )));
+    }
+    let secret = ctx.secret();
+    if let Some(secret) = &secret {
+        Exchange {
+            reader,
+            failures: &ctx.status.counters.auth_failures,
+        }
+        .authenticate_acceptor(
+            &mut s,
+            &mut buf,
+            secret,
+            hello.src,
+            hello.dst,
+            ctx.settings.handshake_timeout,
+        )
+        .await?;
+    }
+    Ok((s, buf, secret))
+}
+
+/// Takes over an accepted connection after its PEER_HELLO was checked.
+pub(crate) async fn accept_peer(ctx: Arc<Ctx>, mut s: TcpStream, from: SocketAddr) {
+    tune_socket(&s);
+    let mut buf = BytesMut::with_capacity(4096);
+    let hello = match tokio::time::timeout(
+        ctx.settings.handshake_timeout,
+        PacketReader::new(ctx.decoder).read_packet(&mut s, &mut buf),
+    )
+    .await
+    {
+        Ok(Ok(p)) => p,
+        Ok(Err(e)) => return reject(&ctx, from, &e.to_string()),
+        Err(_) => return reject(&ctx, from, "no PEER HELLO in time"),
+    };
+    let h = hello.header;
+    if h.ptype != PacketType::PeerHello {
+        return reject(&ctx, from, &format!("expected PEER HELLO, got {}", h.ptype));
+    }
+    if h.src.dbid == ctx.settings.dbid {
+        return reject(
+            &ctx,
+            from,
+            &format!("PEER HELLO claims this instance's own dbid {}", h.src.dbid),
+        );
+    }
+    let Some(slot) = ctx.peer(h.src.dbid) else {
+        return reject(
+            &ctx,
+            from,
+            &format!(
+                "PEER HELLO from dbid {}, which is not in the address map",
+                h.src.dbid
+            ),
+        );
+    };
+    if h.dst.dbid != ctx.settings.dbid {
+        return reject(
+            &ctx,
+            from,
+            &format!(
+                "PEER HELLO is addressed to dbid {} but this instance is dbid {}",
+                h.dst.dbid, ctx.settings.dbid
+            ),
+        );
+    }
+    // Only the instance with the higher content dials (the C proxy's rule
+    // too): a PEER HELLO against it would take over a link this side dials,
+    // or link a mirror to its primary.
+    match role(ctx.my_content(), ctx.settings.dbid, &slot.addr) {
+        Role::Wait => {}
+        Role::Dial => {
+            return reject(
+                &ctx,
+                from,
+                &format!(
+                    "PEER HELLO from dbid {}, which this instance dials itself (its content {} is below ours, {}): are the maps the same everywhere?",
+                    h.src.dbid,
+                    slot.addr.content,
+                    ctx.my_content()
+                ),
+            )
+        }
+        Role::None => {
+            return reject(
+                &ctx,
+                from,
+                &format!(
+                    "PEER HELLO from dbid {}, which has the same content {} as this instance: no link between them",
+                    h.src.dbid, slot.addr.content
+                ),
+            )
+        }
+    }
+    if slot.is_up() {
+        // A second PEER_HELLO for a connected dbid: either an impostor, or
+        // the real peer reconnecting after its end of the old link died
+        // unnoticed here (a reboot, a pulled cable). Only a link that still
+        // answers keeps its place.
+        if slot.link_answers(&ctx, LINK_PROBE_TIMEOUT).await {
+            return reject(
+                &ctx,
+                from,
+                &format!(
+                    "dbid {} is already connected and its link answers",
+                    h.src.dbid
+                ),
+            );
+        }
+        log::warn!(
+            "ic-proxy: peer dbid {}: the established link does not answer; replacing it with the new connection from {from}",
+            h.src.dbid
+        );
+        slot.end_link();
+        if tokio::time::timeout(LINK_PROBE_TIMEOUT, slot.link_down())
+            .await
+            .is_err()
+        {
+            return reject(
+                &ctx,
+                from,
+                &format!("dbid {}: the old link did not close", h.src.dbid),
+            );
+        }
+    }
+    let d = ctx.settings.dialect;
+    let ack = peer_hello_ack(d, &h, ctx.settings.pid);
+    if let Err(e) = s.write_all(&ack.encode(d)).await {
+        return reject(&ctx, from, &format!("cannot send PEER HELLO ACK: {e}"));
+    }
+    let secret = ctx.secret();
+    if let Some(secret) = &secret {
+        let me = Endpoint {
+            content: h.dst.content,
+            dbid: ctx.settings.dbid,
+            pid: ctx.settings.pid,
+        };
+        let r = tokio::time::timeout(
+            ctx.settings.handshake_timeout,
+            Exchange {
+                reader: PacketReader::new(ctx.decoder),
+                failures: &ctx.status.counters.auth_failures,
+            }
+            .authenticate_connector(&mut s, &mut buf, secret, me, h.src),
+        )
+        .await;
+        let failed = match r {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) if e.to_string().contains("authentication") => Some(e.to_string()),
+            Ok(Err(e)) => Some(format!(
+                "peer authentication failed: {e} (is ic_proxy.peer_auth_secret_file set on dbid {}, with the same secret?)",
+                h.src.dbid
+            )),
+            Err(_) => {
+                ctx.status.counters.auth_failures.fetch_add(1, Relaxed);
+                Some(format!(
+                    "peer authentication failed: dbid {} did not answer the challenge (a C proxy, or no ic_proxy.peer_auth_secret_file there?)",
+                    h.src.dbid
+                ))
+            }
+        };
+        if let Some(why) = failed {
+            // Shown on the claimed peer's row, unless a working link is
+            // there (an impostor does not get to overwrite its status).
+            if !slot.is_up() {
+                slot.stats.set_error(why.clone());
+            }
+            return reject(&ctx, from, &format!("dbid {}: {why}", h.src.dbid));
+        }
+    }
+    if slot.accepted.try_send((s, buf, secret)).is_err() {
+        reject(
+            &ctx,
+            from,
+            &format!("dbid {} is already connecting", h.src.dbid),
+        );
+    }
+}
+
+fn reject(ctx: &Ctx, from: SocketAddr, why: &str) {
+    ctx.status
+        .counters
+        .rejected_connections
+        .fetch_add(1, Relaxed);
+    ctx.refusals.warn("refused connections", || {
+        format!("ic-proxy: refused peer connection from {from}: {why}")
+    });
+}
+
+fn invalid(msg: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ME: Endpoint = Endpoint {
+        content: 1,
+        dbid: 3,
+        pid: 4242,
+    };
+
+    fn peer() -> PeerAddr {
+        PeerAddr {
+            dbid: 2,
+            content: 0,
+            host: "localhost".into(),
+            port: 7000,
+        }
+    }
+
+    #[test]
+    fn peer_hello_is_header_only_from_me_to_the_peer_with_pid_0() {
+        for d in [Dialect::B, Dialect::C] {
+            let h = peer_hello(d, ME, &peer());
+            assert_eq!(usize::from(h.len), d.header_len());
+            assert_eq!(h.ptype, PacketType::PeerHello);
+            assert_eq!(h.src, ME);
+            assert_eq!(
+                h.dst,
+                Endpoint {
+                    content: 0,
+                    dbid: 2,
+                    pid: 0
+                }
+            );
+            assert_eq!(
+                (h.session_id, h.command_id, h.send_slice, h.recv_slice),
+                (0, 0, 0, 0)
+            );
+        }
+    }
+
+    #[test]
+    fn peer_hello_ack_is_built_as_the_c_proxy_builds_it() {
+        for d in [Dialect::B, Dialect::C] {
+            let mut hello = peer_hello(d, ME, &peer());
+            // Informational fields of a HELLO are not echoed back.
+            hello.dst.pid = 99;
+            hello.session_id = 5;
+            let ack = peer_hello_ack(d, &hello, 777);
+            assert_eq!(usize::from(ack.len), d.header_len());
+            assert_eq!(ack.ptype, PacketType::PeerHelloAck);
+            // The connector's content and dbid, with the acceptor's pid.
+            assert_eq!(
+                ack.src,
+                Endpoint {
+                    content: 1,
+                    dbid: 3,
+                    pid: 777
+                }
+            );
+            // The HELLO's destination with pid 0: the dbid the connector
+            // dialed, which it checks.
+            assert_eq!(
+                ack.dst,
+                Endpoint {
+                    content: 0,
+                    dbid: 2,
+                    pid: 0
+                }
+            );
+            assert_eq!(
+                (
+                    ack.session_id,
+                    ack.command_id,
+                    ack.send_slice,
+                    ack.recv_slice
+                ),
+                (0, 0, 0, 0)
+            );
+        }
+    }
+}
