@@ -18,6 +18,7 @@ mod observe;
 mod ping;
 mod proxy;
 mod sidecar;
+mod view;
 
 use std::process::ExitCode;
 

@@ -16,7 +16,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::control::{ProxyView, Report};
+use crate::view::{ProxyView, Report};
 
 /// Largest request head read.
 pub const HEAD_MAX: usize = 8192;
@@ -296,7 +296,7 @@ pub fn render(r: &Report) -> String {
         "connected",
         "down",
         "unlinked",
-        crate::control::STATE_NOT_IN_MAP,
+        crate::view::STATE_NOT_IN_MAP,
     ];
     let mut samples: Vec<(String, f64)> = Vec::new();
     for row in &r.rows {
@@ -314,7 +314,7 @@ pub fn render(r: &Report) -> String {
         "The state of the link to each map entry: 1 for its current state, 0 for the others.",
         &samples,
     );
-    type Field = fn(&crate::control::PeerRow) -> f64;
+    type Field = fn(&crate::view::PeerRow) -> f64;
     let per_peer: [(&str, &str, &str, Field); 9] = [
         (
             "ic_proxy_peer_state_since_seconds",

@@ -10,7 +10,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use crate::args::{ControlArgs, PingArgs, StatusArgs, DEFAULT_SOCKET_DIR};
-use crate::control::{control_path, Record, Request};
+use crate::control::{control_path, Request};
+use crate::view::Record;
 use crate::{EXIT_FAILURE, EXIT_USAGE};
 
 /// Longest wait for the next line of an answer: a status is immediate; a

@@ -18,7 +18,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::control::{AnswerWriter, ProxyView, Record};
+use crate::view::{AnswerWriter, ProxyView, Record};
 
 /// Bound of one probe, as `ic_proxy_ping()`'s.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(3);

@@ -174,7 +174,7 @@ async fn serve(
     let status = StatusBoard::new();
     status.counters.fd_soft_limit.store(fd_limits.soft, Relaxed);
     status.counters.fd_hard_limit.store(fd_limits.hard, Relaxed);
-    let view = crate::control::ProxyView::new(
+    let view = crate::view::ProxyView::new(
         &settings,
         observe.threads,
         status.clone(),
