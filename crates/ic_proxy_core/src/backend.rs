@@ -14,11 +14,11 @@ use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::UnixStream;
 use tokio_util::sync::CancellationToken;
 
+use crate::context::Ctx;
 use crate::flow::RecvCredit;
-use crate::peer::{OutFrame, PeerSlot};
+use crate::peer::{OutFrame, PeerDirectory, PeerSlot};
 use crate::pending::Pending;
 use crate::protocol::{LogicalConnKey, PacketReader, PacketType};
-use crate::proxy::Ctx;
 use crate::route::{Arrival, Delivery, RouteCache, SessionShared, PACKET_COST};
 
 /// Where a session's outgoing packets go.
@@ -87,7 +87,12 @@ impl Outbound<'_> {
 }
 
 /// `pending` counts the connection as in its handshake until its HELLO is in.
-pub(crate) async fn run_session(ctx: Arc<Ctx>, stream: UnixStream, pending: Pending) {
+pub(crate) async fn run_session(
+    ctx: Arc<Ctx>,
+    peers: Arc<PeerDirectory>,
+    stream: UnixStream,
+    pending: Pending,
+) {
     let (mut rd, mut wr) = stream.into_split();
     // Only the HELLO is read now; data buffers come when data does.
     let mut buf = BytesMut::new();
@@ -119,7 +124,7 @@ pub(crate) async fn run_session(ctx: Arc<Ctx>, stream: UnixStream, pending: Pend
     let target = if key.remote.dbid == ctx.settings.dbid {
         Target::Local
     } else {
-        match ctx.peer(key.remote.dbid) {
+        match peers.get(key.remote.dbid) {
             Some(slot) => Target::Peer(slot, 0),
             None => {
                 return refuse(

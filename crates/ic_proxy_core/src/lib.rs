@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod cache;
 pub mod config;
+mod context;
 pub mod fd_limit;
 pub mod flow;
 pub mod pending;

@@ -3,14 +3,13 @@
 //! within a bounded time when cancelled. Listeners can be injected so tests
 //! bind port 0 and temporary directories.
 
-use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI32, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -21,7 +20,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::backend::run_session;
 use crate::config::{AddressMap, PeerAddr};
-use crate::peer::{accept_peer, PeerSlot};
+use crate::context::{Ctx, LinkPolicy};
+use crate::peer::{accept_peer, PeerDirectory};
 use crate::pending::{
     soft_nofile_limit, AcceptFailure, AdmissionCaps, Pending, PendingLimits, SpareDescriptor,
 };
@@ -49,63 +49,6 @@ pub enum ProxyError {
 /// How long a stop may take before tasks are abandoned.
 const STOP_GRACE: Duration = Duration::from_secs(2);
 const LISTEN_BACKLOG: i32 = 1024;
-/// Unset content: this instance's dbid is not in the map.
-const NO_CONTENT: i32 = i32::MIN;
-
-/// What every task of the runtime shares.
-pub(crate) struct Ctx {
-    pub settings: ProxySettings,
-    pub status: Arc<StatusBoard>,
-    pub registry: Registry,
-    pub shutdown: CancellationToken,
-    /// Ends the peer links: cancelled after `shutdown`, once the sessions
-    /// have said BYE, so their BYEs still reach the peers.
-    pub links: CancellationToken,
-    pub tracker: TaskTracker,
-    pub decoder: PacketDecoder,
-    pub framer: IcTcpFramer,
-    peers: RwLock<HashMap<u16, Arc<PeerSlot>>>,
-    my_content: AtomicI32,
-    retry_ms: AtomicU64,
-    secret: RwLock<Option<Arc<[u8]>>>,
-    /// Warnings of refused connections and dropped packets: hostile input
-    /// can produce them by the million.
-    pub refusals: LogLimit,
-    pub drops: LogLimit,
-}
-
-impl Ctx {
-    pub fn peer(&self, dbid: u16) -> Option<Arc<PeerSlot>> {
-        self.peers
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&dbid)
-            .cloned()
-    }
-
-    pub fn my_content(&self) -> i16 {
-        self.my_content.load(Relaxed) as i16
-    }
-
-    /// The peer-authentication secret in force, if any.
-    pub fn secret(&self) -> Option<Arc<[u8]>> {
-        self.secret
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-
-    pub fn retry_interval(&self) -> Duration {
-        Duration::from_millis(self.retry_ms.load(Relaxed))
-    }
-
-    /// Bytes a session may have waiting for its backend: two flow-control
-    /// windows of full packets. A sender that overruns it breaks the rules.
-    pub fn queued_cap(&self) -> usize {
-        2 * (self.settings.flow.pause_at as usize + self.settings.flow.ack_interval as usize)
-            * self.settings.max_packet_size.max(4096)
-    }
-}
 
 /// Runs the proxy until `shutdown` is cancelled. `config` carries the map and
 /// the reloadable knobs; each new value is applied as a diff.
@@ -131,10 +74,7 @@ pub async fn run(
         shutdown: shutdown.clone(),
         links: CancellationToken::new(),
         tracker: TaskTracker::new(),
-        peers: RwLock::new(HashMap::new()),
-        my_content: AtomicI32::new(NO_CONTENT),
-        retry_ms: AtomicU64::new(cfg.retry_interval.as_millis() as u64),
-        secret: RwLock::new(cfg.peer_secret.clone()),
+        policy: LinkPolicy::new(cfg.retry_interval, cfg.peer_secret.clone()),
         refusals: LogLimit::default(),
         drops: LogLimit::default(),
     });
@@ -152,11 +92,12 @@ pub async fn run(
         }
         None => None,
     };
+    let peers = Arc::new(PeerDirectory::default());
     let (socket_tx, socket_rx) = watch::channel(cfg.backend_socket.clone());
     {
-        let ctx2 = ctx.clone();
+        let (ctx2, peers2) = (ctx.clone(), peers.clone());
         ctx.tracker
-            .spawn(async move { serve_backends(ctx2, backend_listener, socket_rx).await });
+            .spawn(async move { serve_backends(ctx2, peers2, backend_listener, socket_rx).await });
     }
     let mut injected_peer = match listeners.peer {
         Some(l) => {
@@ -179,14 +120,15 @@ pub async fn run(
     }
 
     {
-        let ctx2 = ctx.clone();
+        let (ctx2, peers2) = (ctx.clone(), peers.clone());
         ctx.tracker
-            .spawn(async move { send_owed_byes(ctx2, owed).await });
+            .spawn(async move { send_owed_byes(ctx2, peers2, owed).await });
     }
 
     let mut listener_token = None;
     apply_map(
         &ctx,
+        &peers,
         None,
         &cfg.map,
         &mut injected_peer,
@@ -204,24 +146,17 @@ pub async fn run(
                     break;
                 }
                 let next = config.borrow_and_update().clone();
-                ctx.retry_ms.store(next.retry_interval.as_millis() as u64, Relaxed);
+                ctx.policy.set_retry_interval(next.retry_interval);
                 ctx.registry.set_cache_limits(next.early_cache_bytes, next.early_packet_ttl);
                 if next.peer_secret != current.peer_secret {
                     // New links use it; a link made without it ends now and
                     // is made again with it.
-                    *ctx.secret.write().unwrap_or_else(|p| p.into_inner()) = next.peer_secret.clone();
+                    ctx.policy.set_secret(next.peer_secret.clone());
                     log::info!(
                         "ic-proxy: peer authentication {}",
                         if next.peer_secret.is_some() { "on" } else { "off" }
                     );
-                    let slots: Vec<_> = ctx
-                        .peers
-                        .read()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .values()
-                        .cloned()
-                        .collect();
-                    for slot in slots {
+                    for slot in peers.slots() {
                         slot.require_secret(&next.peer_secret);
                     }
                 }
@@ -233,7 +168,7 @@ pub async fn run(
                     changed
                 });
                 if next.map != current.map {
-                    apply_map(&ctx, Some(&current.map), &next.map, &mut injected_peer, &mut listener_token);
+                    apply_map(&ctx, &peers, Some(&current.map), &next.map, &mut injected_peer, &mut listener_token);
                 }
                 ctx.status.counters.map_generation.fetch_add(1, Relaxed);
                 current = next;
@@ -265,7 +200,11 @@ pub async fn run(
 /// Sends the BYEs the registry owes the senders of logical connections it
 /// ended (dropped from the early cache, or cut for a bad packet), so their
 /// backends' sockets close instead of waiting forever.
-async fn send_owed_byes(ctx: Arc<Ctx>, mut owed: mpsc::Receiver<ByeOwed>) {
+async fn send_owed_byes(
+    ctx: Arc<Ctx>,
+    peers: Arc<PeerDirectory>,
+    mut owed: mpsc::Receiver<ByeOwed>,
+) {
     loop {
         let key = tokio::select! {
             _ = ctx.shutdown.cancelled() => break,
@@ -277,7 +216,7 @@ async fn send_owed_byes(ctx: Arc<Ctx>, mut owed: mpsc::Receiver<ByeOwed>) {
         // From the receiver (local) to the sender (remote).
         if key.remote.dbid == ctx.settings.dbid {
             ctx.registry.route(&key.reversed(), Arrival::Bye);
-        } else if let Some(slot) = ctx.peer(key.remote.dbid) {
+        } else if let Some(slot) = peers.get(key.remote.dbid) {
             let d = ctx.settings.dialect;
             if !slot.send_answer(key.header(PacketType::Bye, d, 0).encode(d)) {
                 // That peer reads nothing back: its sender is told nothing
@@ -292,6 +231,7 @@ async fn send_owed_byes(ctx: Arc<Ctx>, mut owed: mpsc::Receiver<ByeOwed>) {
 /// When this instance's own entry changes, the peer listener is replaced.
 fn apply_map(
     ctx: &Arc<Ctx>,
+    peers: &Arc<PeerDirectory>,
     old: Option<&AddressMap>,
     new: &AddressMap,
     injected: &mut Option<TcpListener>,
@@ -304,51 +244,7 @@ fn apply_map(
     let empty = AddressMap::default();
     let diff = AddressMap::diff(old.unwrap_or(&empty), new);
 
-    let mut peers = ctx.peers.write().unwrap_or_else(|p| p.into_inner());
-    let stop = |dbid: u16, peers: &mut HashMap<u16, Arc<PeerSlot>>| {
-        if let Some(slot) = peers.remove(&dbid) {
-            log::info!("ic-proxy: peer dbid {dbid} removed from the map");
-            slot.token.cancel();
-        }
-    };
-    if self_changed {
-        // Our own entry moved: every role may change, so start over.
-        for dbid in peers.keys().copied().collect::<Vec<_>>() {
-            stop(dbid, &mut peers);
-        }
-    } else {
-        for r in &diff.removed {
-            stop(r.dbid, &mut peers);
-        }
-        for (o, _) in &diff.changed {
-            stop(o.dbid, &mut peers);
-        }
-    }
-    let my_content = match &new_self {
-        Some(e) => i32::from(e.content),
-        None => {
-            log::warn!(
-                "ic-proxy: this instance's dbid {me} is not in the address map; no peer traffic until it is"
-            );
-            NO_CONTENT
-        }
-    };
-    ctx.my_content.store(my_content, Relaxed);
-    if my_content != NO_CONTENT {
-        let to_start: Vec<&PeerAddr> = if self_changed {
-            new.entries().iter().filter(|e| e.dbid != me).collect()
-        } else {
-            diff.added
-                .iter()
-                .chain(diff.changed.iter().map(|(_, n)| n))
-                .collect()
-        };
-        for e in to_start {
-            peers.insert(e.dbid, PeerSlot::start(ctx, e.clone(), my_content as i16));
-        }
-    }
-    let mut board: Vec<Arc<PeerStats>> = peers.values().map(|s| s.stats.clone()).collect();
-    drop(peers);
+    let mut board = peers.apply(ctx, &diff, self_changed, new, new_self.as_ref());
     if let Some(e) = &new_self {
         board.push(Arc::new(PeerStats::new(e.clone(), PeerState::SelfEntry)));
     }
@@ -362,10 +258,10 @@ fn apply_map(
     }
     *listener = new_self.map(|e| {
         let t = ctx.shutdown.child_token();
-        let (ctx2, t2) = (ctx.clone(), t.clone());
+        let (ctx2, peers2, t2) = (ctx.clone(), peers.clone(), t.clone());
         let listener = injected.take();
         ctx.tracker
-            .spawn(async move { serve_peers(ctx2, e, listener, t2).await });
+            .spawn(async move { serve_peers(ctx2, peers2, e, listener, t2).await });
         t
     });
     if listener.is_none() {
@@ -398,6 +294,7 @@ async fn bind_peer(addr: &PeerAddr) -> io::Result<TcpListener> {
 
 async fn serve_peers(
     ctx: Arc<Ctx>,
+    peers: Arc<PeerDirectory>,
     addr: PeerAddr,
     mut injected: Option<TcpListener>,
     token: CancellationToken,
@@ -442,11 +339,11 @@ async fn serve_peers(
                 Ok((s, from)) => {
                     // Refused: closed here, when `s` drops.
                     if let Some(admitted) = admit_peer(&ctx, &caps, &pending, &s, from) {
-                        let ctx2 = ctx.clone();
+                        let (ctx2, peers2) = (ctx.clone(), peers.clone());
                         // accept_peer returns once the handshake is over
                         // (the link then runs in the peer's slot).
                         ctx.tracker.spawn(async move {
-                            accept_peer(ctx2, s, from).await;
+                            accept_peer(ctx2, &peers2, s, from).await;
                             drop(admitted);
                         });
                     }
@@ -696,6 +593,7 @@ impl PathGuard {
 
 async fn serve_backends(
     ctx: Arc<Ctx>,
+    peers: Arc<PeerDirectory>,
     injected: Option<UnixListener>,
     mut socket: watch::Receiver<BackendSocket>,
 ) {
@@ -825,7 +723,8 @@ async fn serve_backends(
                 Ok((s, _)) => {
                     // Refused: closed here, when `s` drops.
                     if let Some(admitted) = admit_backend(&ctx, &pending) {
-                        ctx.tracker.spawn(run_session(ctx.clone(), s, admitted));
+                        ctx.tracker
+                            .spawn(run_session(ctx.clone(), peers.clone(), s, admitted));
                     }
                 }
                 Err(e) => match AcceptFailure::of(&e) {

@@ -14,12 +14,13 @@ use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+use super::directory::PeerDirectory;
 use super::probe::LINK_PROBE_TIMEOUT;
 use super::{role, NewLink, Role};
 use crate::auth::Exchange;
 use crate::config::PeerAddr;
+use crate::context::Ctx;
 use crate::protocol::{Dialect, Endpoint, Header, PacketReader, PacketType};
-use crate::proxy::Ctx;
 
 /// PEER_HELLO, header only: `me` as the source, the peer's content and
 /// dbid with pid 0 as the destination, everything else 0. The acceptor
@@ -149,7 +150,12 @@ async fn handshake_as_dialer(ctx: &Ctx, addr: &PeerAddr, mut s: TcpStream) -> io
 }
 
 /// Takes over an accepted connection after its PEER_HELLO was checked.
-pub(crate) async fn accept_peer(ctx: Arc<Ctx>, mut s: TcpStream, from: SocketAddr) {
+pub(crate) async fn accept_peer(
+    ctx: Arc<Ctx>,
+    peers: &PeerDirectory,
+    mut s: TcpStream,
+    from: SocketAddr,
+) {
     tune_socket(&s);
     let mut buf = BytesMut::with_capacity(4096);
     let hello = match tokio::time::timeout(
@@ -173,7 +179,7 @@ pub(crate) async fn accept_peer(ctx: Arc<Ctx>, mut s: TcpStream, from: SocketAdd
             &format!("PEER HELLO claims this instance's own dbid {}", h.src.dbid),
         );
     }
-    let Some(slot) = ctx.peer(h.src.dbid) else {
+    let Some(slot) = peers.get(h.src.dbid) else {
         return reject(
             &ctx,
             from,

@@ -18,8 +18,8 @@ use tokio_util::sync::CancellationToken;
 use super::probe::{echo_probe, PROBE_SESSION_ID};
 use super::{drop_packet, OutFrame, PeerSlot};
 use crate::auth::AUTH_SESSION_ID;
+use crate::context::Ctx;
 use crate::protocol::{Header, HeaderError, LogicalConnKey, PacketReader, PacketType};
-use crate::proxy::Ctx;
 use crate::route::{Arrival, RouteCache};
 
 /// How long a closing link may take to send what is queued.

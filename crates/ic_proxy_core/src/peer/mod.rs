@@ -15,15 +15,17 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::CHALLENGE_WAIT;
 use crate::config::PeerAddr;
+use crate::context::Ctx;
 use crate::protocol::EncodedHeader;
-use crate::proxy::Ctx;
 use crate::status::{PeerState, PeerStats};
 
+mod directory;
 mod handshake;
 mod link;
 mod probe;
 mod queue;
 
+pub(crate) use directory::PeerDirectory;
 pub(crate) use handshake::accept_peer;
 use handshake::dial;
 use link::{run_link, PEER_CLOSED};

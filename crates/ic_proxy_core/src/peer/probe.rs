@@ -9,8 +9,8 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::{drop_packet, OutFrame, PeerSlot};
+use crate::context::Ctx;
 use crate::protocol::{Endpoint, Header, LogicalConnKey, PacketType};
-use crate::proxy::Ctx;
 use crate::route::Arrival;
 
 /// Probes (`ic_proxy_ping()`) address no backend: the peer proxy itself
