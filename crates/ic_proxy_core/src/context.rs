@@ -52,13 +52,6 @@ impl Ctx {
     pub fn retry_interval(&self) -> Duration {
         self.policy.retry_interval()
     }
-
-    /// Bytes a session may have waiting for its backend: two flow-control
-    /// windows of full packets. A sender that overruns it breaks the rules.
-    pub fn queued_cap(&self) -> usize {
-        2 * (self.settings.flow.pause_at as usize + self.settings.flow.ack_interval as usize)
-            * self.settings.max_packet_size.max(4096)
-    }
 }
 
 /// What a reload changes about linking to peers: this instance's content

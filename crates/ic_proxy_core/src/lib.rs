@@ -13,10 +13,10 @@ pub mod protocol;
 pub mod settings;
 pub mod status;
 
-mod backend;
 mod peer;
 mod proxy;
 mod route;
+mod session;
 
 pub use peer::PROBE_SESSION_ID;
 pub use proxy::{bind_backend_socket, run, Listeners, ProxyError};

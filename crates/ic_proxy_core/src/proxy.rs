@@ -18,7 +18,6 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::backend::run_session;
 use crate::config::{AddressMap, PeerAddr};
 use crate::context::{Ctx, LinkPolicy};
 use crate::peer::{accept_peer, PeerDirectory};
@@ -26,7 +25,9 @@ use crate::pending::{
     soft_nofile_limit, AcceptFailure, AdmissionCaps, Pending, PendingLimits, SpareDescriptor,
 };
 use crate::protocol::{IcTcpFramer, PacketDecoder, PacketType};
-use crate::route::{Arrival, ByeOwed, Registry};
+use crate::route::{ByeOwed, Registry};
+use crate::session::run_session;
+use crate::session::Arrival;
 use crate::settings::{BackendSocket, ProxySettings, RuntimeConfig};
 use crate::status::{LogLimit, PeerState, PeerStats, StatusBoard};
 

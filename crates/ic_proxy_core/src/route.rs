@@ -10,232 +10,23 @@
 //! backend's socket is closed too. Nothing waits forever.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, Notify};
-use tokio_util::sync::CancellationToken;
+use tokio::sync::mpsc;
 
 use crate::cache::EarlyCache;
-use crate::flow::{FlowParams, FlowViolation, SendCredit};
 use crate::protocol::LogicalConnKey;
+use crate::session::limits::{KEY_COST, PACKET_COST};
+use crate::session::{Arrival, BackendSession, Violation};
 use crate::status::{LogLimit, StatusBoard};
-
-/// What a session's writer sends to its backend.
-#[derive(Debug)]
-pub(crate) enum Delivery {
-    /// A DATA payload: whole ic-tcp packets (or the 1-byte STOP).
-    Data(Bytes),
-    /// The other end is done sending: half-close toward the backend.
-    Bye,
-}
-
-/// A session's queue of deliveries for its writer. A plain deque under a
-/// mutex: it allocates nothing until something arrives and nothing once it
-/// is drained, so an idle session costs no queue memory (a channel keeps a
-/// block of slots for its whole life).
-#[derive(Default)]
-pub(crate) struct Inbox {
-    q: Mutex<VecDeque<Delivery>>,
-    ready: Notify,
-}
-
-impl Inbox {
-    fn push(&self, d: Delivery) {
-        self.lock().push_back(d);
-        // Stores a permit when the writer is not waiting: no wake-up is lost.
-        self.ready.notify_one();
-    }
-
-    pub fn try_recv(&self) -> Option<Delivery> {
-        self.lock().pop_front()
-    }
-
-    /// The next delivery, waiting for one.
-    pub async fn recv(&self) -> Delivery {
-        loop {
-            if let Some(d) = self.try_recv() {
-                return d;
-            }
-            self.ready.notified().await;
-        }
-    }
-
-    /// True if nothing waits; then the queue's memory (grown by a burst)
-    /// is given back too.
-    pub fn release_if_empty(&self) -> bool {
-        let mut q = self.lock();
-        if !q.is_empty() {
-            return false;
-        }
-        if q.capacity() > 0 {
-            *q = VecDeque::new();
-        }
-        true
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Delivery>> {
-        self.q.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-/// A packet for a local backend, as the router sees it.
-#[derive(Debug)]
-pub(crate) enum Arrival {
-    Data(Bytes),
-    Bye,
-    Ack,
-}
-
-/// What one waiting packet costs besides its payload (its queue slot, with
-/// the queue's growth slack, and its allocation), for the early cache's cap
-/// and a session's queue bound.
-pub(crate) const PACKET_COST: usize = 96;
-/// What one waiting logical connection costs besides its packets (its map
-/// and order entries, the first allocation of its queue). Without it, a
-/// flood of 1-byte packets for distinct keys costs ~500 bytes of memory
-/// per byte the cap counts.
-const KEY_COST: usize = 512;
-
-/// The part of a backend session other tasks can reach.
-pub(crate) struct SessionShared {
-    pub key: LogicalConnKey,
-    /// What the session's writer is to write to its backend.
-    pub inbox: Inbox,
-    /// A BYE was routed to this session: later packets with its key belong to
-    /// the next statement reusing the key, and wait in the cache.
-    p2c_done: AtomicBool,
-    /// The proxy already sent this connection's BYE to the other end (it
-    /// ended the connection itself): the session must not send another.
-    pub bye_answered: AtomicBool,
-    /// Cancelled when the session has left the registry.
-    pub closed: CancellationToken,
-    /// Cancelled to end the session at once (violation, backend gone,
-    /// shutdown).
-    pub abort: CancellationToken,
-    /// Cancelled (with `abort`, or alone when the peer is lost) to stop
-    /// reading the backend.
-    pub stop_reading: CancellationToken,
-    credit: Mutex<SendCredit>,
-    pub resume: Notify,
-    /// Payload bytes (plus [`PACKET_COST`] per packet) routed to this session
-    /// and not yet written to its backend.
-    pub queued: AtomicUsize,
-    queued_cap: usize,
-    flow: FlowParams,
-}
-
-impl SessionShared {
-    pub fn new(
-        key: LogicalConnKey,
-        flow: FlowParams,
-        queued_cap: usize,
-        abort: CancellationToken,
-    ) -> Self {
-        SessionShared {
-            key,
-            inbox: Inbox::default(),
-            p2c_done: AtomicBool::new(false),
-            bye_answered: AtomicBool::new(false),
-            closed: CancellationToken::new(),
-            stop_reading: abort.child_token(),
-            abort,
-            credit: Mutex::new(SendCredit::default()),
-            resume: Notify::new(),
-            queued: AtomicUsize::new(0),
-            queued_cap,
-            flow,
-        }
-    }
-
-    /// True if a packet with `key` (its session id included) is for this
-    /// session now.
-    fn accepts(&self, key: &LogicalConnKey, a: &Arrival) -> bool {
-        if self.closed.is_cancelled()
-            || self.abort.is_cancelled()
-            || key.session_id != self.key.session_id
-        {
-            return false;
-        }
-        match a {
-            Arrival::Ack => true,
-            Arrival::Data(_) | Arrival::Bye => !self.p2c_done.load(Relaxed),
-        }
-    }
-
-    /// Hands a packet to the session. Err when the sender broke the rules
-    /// (the session is then aborted by the caller).
-    fn push(&self, a: Arrival) -> Result<(), Violation> {
-        match a {
-            Arrival::Data(b) => {
-                let cost = b.len() + PACKET_COST;
-                let q = self.queued.fetch_add(cost, Relaxed) + cost;
-                if q > self.queued_cap {
-                    return Err(Violation::Overrun {
-                        queued: q,
-                        cap: self.queued_cap,
-                    });
-                }
-                self.inbox.push(Delivery::Data(b));
-            }
-            Arrival::Bye => {
-                self.p2c_done.store(true, Relaxed);
-                self.lock_credit().release();
-                self.resume.notify_one();
-                self.inbox.push(Delivery::Bye);
-            }
-            Arrival::Ack => {
-                if self
-                    .lock_credit()
-                    .on_ack(&self.flow)
-                    .map_err(Violation::Flow)?
-                {
-                    self.resume.notify_one();
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// The other end's instance is gone: stop reading the backend, and
-    /// end its stream after what already arrived (written first, as the C
-    /// proxy queues its half-close after pending writes).
-    fn end_remote(&self) {
-        self.p2c_done.store(true, Relaxed);
-        self.lock_credit().release();
-        self.resume.notify_one();
-        self.inbox.push(Delivery::Bye);
-        self.stop_reading.cancel();
-    }
-
-    /// Counts DATA packets sent; true when the sender must pause.
-    pub fn on_sent(&self, n: u32) -> bool {
-        self.lock_credit().on_sent(n, &self.flow)
-    }
-
-    pub fn is_paused(&self) -> bool {
-        self.lock_credit().is_paused()
-    }
-
-    fn lock_credit(&self) -> std::sync::MutexGuard<'_, SendCredit> {
-        self.credit.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum Violation {
-    #[error("{0}")]
-    Flow(FlowViolation),
-    #[error("{queued} bytes queued for the backend, over the flow-control bound of {cap}")]
-    Overrun { queued: usize, cap: usize },
-}
 
 /// What became of a routed packet.
 pub(crate) enum Routed {
     /// Delivered to this session (worth caching for the next packet).
-    To(Arc<SessionShared>),
+    To(Arc<BackendSession>),
     /// Waiting in the early-packet cache.
     Cached,
     /// Nobody can take it (a late DATA_ACK, a dead session).
@@ -244,7 +35,7 @@ pub(crate) enum Routed {
 
 /// A packet waiting in the early cache, with the session it was sent in.
 struct Waiting {
-    delivery: Delivery,
+    delivery: Arrival,
     session_id: i32,
 }
 
@@ -304,7 +95,7 @@ impl Ended {
 }
 
 struct Inner {
-    live: HashMap<LogicalConnKey, Arc<SessionShared>>,
+    live: HashMap<LogicalConnKey, Arc<BackendSession>>,
     early: EarlyCache<LogicalConnKey, Waiting>,
     ended: Ended,
 }
@@ -383,8 +174,8 @@ impl Registry {
                 // receiver (the C proxy's rule, protocol reference 5.8).
                 // That older connection is over; its sender is told once.
                 let delivery = match a {
-                    Arrival::Data(_) => Some(Delivery::Data(Bytes::new())),
-                    Arrival::Bye => Some(Delivery::Bye),
+                    Arrival::Data(_) => Some(Arrival::Data(Bytes::new())),
+                    Arrival::Bye => Some(Arrival::Bye),
                     Arrival::Ack => None,
                 };
                 if let Some(delivery) = delivery {
@@ -416,10 +207,10 @@ impl Registry {
             // A copy: a slice would keep the whole read buffer it came from
             // alive (64 KiB for a 1-byte packet) for as long as it waits.
             Arrival::Data(b) => (
-                Delivery::Data(Bytes::copy_from_slice(&b)),
+                Arrival::Data(Bytes::copy_from_slice(&b)),
                 b.len() + PACKET_COST,
             ),
-            Arrival::Bye => (Delivery::Bye, PACKET_COST),
+            Arrival::Bye => (Arrival::Bye, PACKET_COST),
         };
         let size = size + key_cost;
         let item = Waiting {
@@ -442,7 +233,7 @@ impl Registry {
     /// order: those of its own session; older sessions' are dropped, newer
     /// ones wait on. Err(previous) while a session with the same key is
     /// still open: wait for `previous.closed`, then try again.
-    pub fn register(&self, s: &Arc<SessionShared>) -> Result<usize, Arc<SessionShared>> {
+    pub fn register(&self, s: &Arc<BackendSession>) -> Result<usize, Arc<BackendSession>> {
         let mut g = self.lock();
         if let Some(prev) = g.live.get(&s.key) {
             if !prev.closed.is_cancelled() {
@@ -458,10 +249,7 @@ impl Registry {
                     stale.push(w);
                     continue;
                 }
-                let a = match &w.delivery {
-                    Delivery::Data(b) => Arrival::Data(b.clone()),
-                    Delivery::Bye => Arrival::Bye,
-                };
+                let a = w.delivery.clone();
                 let mine = LogicalConnKey {
                     session_id: w.session_id,
                     ..s.key
@@ -470,8 +258,8 @@ impl Registry {
                     // A newer session's, or after this session's BYE: it
                     // waits for the next receiver with this key.
                     let size = match &w.delivery {
-                        Delivery::Data(b) => b.len() + PACKET_COST,
-                        Delivery::Bye => PACKET_COST,
+                        Arrival::Data(b) => b.len() + PACKET_COST,
+                        Arrival::Bye | Arrival::Ack => PACKET_COST,
                     };
                     let dropped = g.early.push(mine, s.key.remote.dbid, w, size, now);
                     self.ended_early(&mut g, dropped, "the early-packet cache is full", false);
@@ -524,7 +312,7 @@ impl Registry {
         Ok(replayed)
     }
 
-    pub fn unregister(&self, s: &Arc<SessionShared>) {
+    pub fn unregister(&self, s: &Arc<BackendSession>) {
         let mut g = self.lock();
         if g.live.get(&s.key).is_some_and(|cur| Arc::ptr_eq(cur, s)) {
             g.live.remove(&s.key);
@@ -622,7 +410,7 @@ impl Registry {
         self.ended_early(&mut g, dropped, "nobody claimed them in time", true);
     }
 
-    fn violation(&self, s: &SessionShared, v: Violation) {
+    fn violation(&self, s: &BackendSession, v: Violation) {
         self.status.counters.flow_violations.fetch_add(1, Relaxed);
         log::warn!(
             "ic-proxy: session {}: {v}; closing this logical connection",
@@ -680,7 +468,7 @@ impl Registry {
         let now = Instant::now();
         let mut sessions: Vec<(i32, bool)> = Vec::new();
         for w in items {
-            let data = matches!(w.delivery, Delivery::Data(_));
+            let data = matches!(w.delivery, Arrival::Data(_));
             match sessions.iter_mut().find(|(sid, _)| *sid == w.session_id) {
                 Some(e) => e.1 |= data,
                 None => sessions.push((w.session_id, data)),
@@ -731,7 +519,7 @@ impl Registry {
 /// A reader's memory of where each logical connection's packets go.
 #[derive(Default)]
 pub(crate) struct RouteCache {
-    map: HashMap<LogicalConnKey, Arc<SessionShared>>,
+    map: HashMap<LogicalConnKey, Arc<BackendSession>>,
 }
 
 /// Above this many remembered sessions, forget the closed ones.
