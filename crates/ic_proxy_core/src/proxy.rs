@@ -27,7 +27,7 @@ use crate::pending::{
 use crate::protocol::{IcTcpFramer, PacketDecoder, PacketType};
 use crate::route::{ByeOwed, Registry};
 use crate::session::run_session;
-use crate::session::Arrival;
+use crate::session::shared::Arrival;
 use crate::settings::{BackendSocket, ProxySettings, RuntimeConfig};
 use crate::status::{LogLimit, PeerState, PeerStats, StatusBoard};
 

@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 use crate::cache::EarlyCache;
 use crate::protocol::LogicalConnKey;
 use crate::session::limits::{KEY_COST, PACKET_COST};
-use crate::session::{Arrival, BackendSession, Violation};
+use crate::session::shared::{Arrival, BackendSession, Violation};
 use crate::status::{LogLimit, StatusBoard};
 
 /// What became of a routed packet.

@@ -21,7 +21,7 @@ use crate::auth::AUTH_SESSION_ID;
 use crate::context::Ctx;
 use crate::protocol::{Header, HeaderError, LogicalConnKey, PacketReader, PacketType};
 use crate::route::RouteCache;
-use crate::session::Arrival;
+use crate::session::shared::Arrival;
 
 /// How long a closing link may take to send what is queued.
 const FLUSH_GRACE: Duration = Duration::from_millis(500);

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use super::{drop_packet, OutFrame, PeerSlot};
 use crate::context::Ctx;
 use crate::protocol::{Endpoint, Header, LogicalConnKey, PacketType};
-use crate::session::Arrival;
+use crate::session::shared::Arrival;
 
 /// Probes (`ic_proxy_ping()`) address no backend: the peer proxy itself
 /// sends DATA and BYE straight back, so a probe crosses the real mesh both

@@ -23,10 +23,10 @@ use crate::protocol::{LogicalConnKey, PacketReader, PacketType};
 
 pub(crate) mod limits;
 mod reader;
-mod shared;
+pub(crate) mod shared;
 mod writer;
 
-pub(crate) use shared::{Arrival, BackendSession, Violation};
+use shared::{Arrival, BackendSession};
 
 use reader::read_backend;
 use writer::write_backend;
