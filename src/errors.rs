@@ -2,7 +2,7 @@
 //! offending value in the message, every problem in the detail and the fix in
 //! the hint. `#[pg_extern]` functions return `Result<_, ErrorReport>`.
 
-use ic_proxy_core::config::MapError;
+use ic_proxy_core::address_map::MapError;
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::PgSqlErrorCode;
 

@@ -7,7 +7,7 @@
 use std::ffi::{c_char, c_void, CStr, CString};
 use std::path::PathBuf;
 
-use ic_proxy_core::config::AddressMap;
+use ic_proxy_core::address_map::AddressMap;
 use ic_proxy_core::flow::FlowParams;
 use ic_proxy_core::protocol::{self, Dialect};
 use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting, PostgresGucEnum};
@@ -30,7 +30,7 @@ static WORKER_THREADS: GucSetting<i32> = GucSetting::<i32>::new(2);
 static EARLY_CACHE_SIZE: GucSetting<i32> = GucSetting::<i32>::new(64 * 1024);
 /// DATA that logical connections may queue for one peer, in kB.
 static PEER_QUEUE_SIZE: GucSetting<i32> =
-    GucSetting::<i32>::new((ic_proxy_core::settings::DEFAULT_PEER_QUEUE_BYTES / 1024) as i32);
+    GucSetting::<i32>::new((ic_proxy_core::config::DEFAULT_PEER_QUEUE_BYTES / 1024) as i32);
 /// How long an early packet waits for its receiver, in seconds.
 static EARLY_PACKET_TTL: GucSetting<i32> = GucSetting::<i32>::new(60);
 /// Unacknowledged DATA packets at which a sender is paused.

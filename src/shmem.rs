@@ -6,7 +6,7 @@
 //! `ic_proxy.max_status_entries` says, guarded by the same lock. Entries
 //! that do not fit are counted, never dropped silently.
 
-use ic_proxy_core::config::AddressMap;
+use ic_proxy_core::address_map::AddressMap;
 use ic_proxy_core::{PeerState, StatusSnapshot};
 use pgrx::prelude::*;
 use pgrx::{pg_shmem_init, PGRXSharedMemory, PgLwLock};

@@ -253,7 +253,7 @@ pub extern "C-unwind" fn ic_proxy_worker_main(_arg: pg_sys::Datum) {
     };
     log!("ic-proxy: started (dbid {dbid}, socket {identity_socket}, dialect {dialect_name}, {threads} threads, open files limit {fd_limits})");
 
-    let publish = |map: &ic_proxy_core::config::AddressMap, running: bool| {
+    let publish = |map: &ic_proxy_core::address_map::AddressMap, running: bool| {
         let content = map.get(dbid).map(|e| e.content);
         let id = shmem::Identity {
             worker_pid: my_pid,

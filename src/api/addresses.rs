@@ -2,7 +2,7 @@
 //! the seed document's PL/Python recipe does, with no untrusted language),
 //! preview it, check a candidate, and show the map in force.
 
-use ic_proxy_core::config::{AddressMap, PeerAddr};
+use ic_proxy_core::address_map::{AddressMap, PeerAddr};
 use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 use pgrx::PgSqlErrorCode;

@@ -17,7 +17,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
-use ic_proxy_core::config::PeerAddr;
+use ic_proxy_core::address_map::PeerAddr;
 use ic_proxy_core::protocol::{Dialect, Endpoint, Header, LogicalConnKey, PacketType};
 use ic_proxy_core::{socket_path, PROBE_SESSION_ID};
 use pgrx::prelude::*;
@@ -171,7 +171,7 @@ fn ic_proxy_ping(
 }
 
 fn error_rows(
-    map: &ic_proxy_core::config::AddressMap,
+    map: &ic_proxy_core::address_map::AddressMap,
     dbid: Option<i32>,
     why: &str,
 ) -> Vec<(i16, i16, bool, Option<f64>, Option<String>)> {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ic_proxy_client::pattern_payload;
-use ic_proxy_core::config::{AddressMap, PeerAddr};
+use ic_proxy_core::address_map::{AddressMap, PeerAddr};
 use ic_proxy_core::{
     bind_backend_socket, run, Listeners, PeerState, ProxySettings, RuntimeConfig, StatusBoard,
 };

@@ -1,13 +1,13 @@
 //! Where an address map comes from (the command line or a file) and how its
 //! problems are shown to a person; also the `check` subcommand. The parsing
-//! and the wording of every problem belong to `ic_proxy_core::config`.
+//! and the wording of every problem belong to `ic_proxy_core::address_map`.
 
 use std::fmt;
 use std::io;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use ic_proxy_core::config::{AddressMap, MapProblem};
+use ic_proxy_core::address_map::{AddressMap, MapProblem};
 
 use crate::args::CheckArgs;
 use crate::{count, EXIT_FAILURE, EXIT_USAGE};

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ic_proxy_client::{ClientOptions, ConnSpec, Endpoint, LogicalConn, RecvItem};
-use ic_proxy_core::config::PeerAddr;
+use ic_proxy_core::address_map::PeerAddr;
 use ic_proxy_core::PROBE_SESSION_ID;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Semaphore;

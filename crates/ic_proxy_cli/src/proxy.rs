@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ic_proxy_core::config::AddressMap;
+use ic_proxy_core::address_map::AddressMap;
 use ic_proxy_core::{run, Listeners, ProxySettings, RuntimeConfig, StatusBoard};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::watch;

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ic_proxy_client::socket_path;
-use ic_proxy_core::config::MAX_DBID;
+use ic_proxy_core::address_map::MAX_DBID;
 use ic_proxy_core::{BackendSocket, ProxySettings, RuntimeConfig};
 use tokio::sync::watch;
 use tokio::time::MissedTickBehavior;

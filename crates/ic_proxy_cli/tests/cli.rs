@@ -11,7 +11,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use ic_proxy_client::{ClientOptions, ConnSpec, Endpoint, LogicalConn, RecvItem};
-use ic_proxy_core::config::AddressMap;
+use ic_proxy_core::address_map::AddressMap;
 
 const BIN: &str = env!("CARGO_BIN_EXE_ic-proxy");
 /// Bound on every wait; generous because other builds share the 2 cores.

@@ -11,9 +11,9 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::config::ProxySettings;
 use crate::protocol::{IcTcpFramer, PacketDecoder};
 use crate::route::Registry;
-use crate::settings::ProxySettings;
 use crate::status::{LogLimit, StatusBoard};
 
 /// Unset content: this instance's dbid is not in the map.

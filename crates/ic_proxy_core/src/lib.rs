@@ -2,6 +2,7 @@
 //! backend sessions, routing, flow control and status. It never links
 //! PostgreSQL: the extension (and the standalone `ic-proxy` binary) host it.
 
+pub mod address_map;
 pub mod auth;
 pub mod cache;
 pub mod config;
@@ -10,7 +11,6 @@ pub mod fd_limit;
 pub mod flow;
 pub mod pending;
 pub mod protocol;
-pub mod settings;
 pub mod status;
 
 mod peer;
@@ -18,7 +18,7 @@ mod proxy;
 mod route;
 mod session;
 
+pub use config::{socket_path, BackendSocket, ProxySettings, RuntimeConfig};
 pub use peer::PROBE_SESSION_ID;
 pub use proxy::{bind_backend_socket, run, Listeners, ProxyError};
-pub use settings::{socket_path, BackendSocket, ProxySettings, RuntimeConfig};
 pub use status::{PeerSnapshot, PeerState, StatusBoard, StatusSnapshot, TrimPolicy};

@@ -11,8 +11,8 @@ use std::io;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
-use crate::settings::ProxySettings;
-pub use crate::settings::DEFAULT_PENDING_PEERS_PER_SOURCE;
+use crate::config::ProxySettings;
+pub use crate::config::DEFAULT_PENDING_PEERS_PER_SOURCE;
 
 /// Caps when the descriptor limit is unlimited.
 const FALLBACK_PENDING: usize = 1024;

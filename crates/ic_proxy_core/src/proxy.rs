@@ -18,7 +18,8 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{AddressMap, PeerAddr};
+use crate::address_map::{AddressMap, PeerAddr};
+use crate::config::{BackendSocket, ProxySettings, RuntimeConfig};
 use crate::context::{Ctx, LinkPolicy};
 use crate::peer::{accept_peer, PeerDirectory};
 use crate::pending::{
@@ -28,7 +29,6 @@ use crate::protocol::{IcTcpFramer, PacketDecoder, PacketType};
 use crate::route::{ByeOwed, Registry};
 use crate::session::run_session;
 use crate::session::shared::Arrival;
-use crate::settings::{BackendSocket, ProxySettings, RuntimeConfig};
 use crate::status::{LogLimit, PeerState, PeerStats, StatusBoard};
 
 /// Listeners made by the caller; `None` means the runtime binds its own

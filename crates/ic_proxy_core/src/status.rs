@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::config::PeerAddr;
+use crate::address_map::PeerAddr;
 
 /// The state of the link to one peer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -23,8 +23,8 @@
 use std::fmt;
 
 use bytes::BytesMut;
+use ic_proxy_core::address_map::AddressMap;
 use ic_proxy_core::auth::{AuthError, AuthMessage};
-use ic_proxy_core::config::AddressMap;
 use ic_proxy_core::protocol::{
     encode_packet, sniff_dialect, Dialect, FrameError, Header, HeaderError, IcTcpFramer,
     PacketDecoder, PacketType, MAGIC, MAX_PACKET_SIZE_LIMIT,

@@ -253,7 +253,7 @@ pub fn peer_state(p: &TestProxy, dbid: u16) -> Option<PeerState> {
 /// The logical connection between a backend on `p` and a backend of the
 /// absent instance a fake peer plays.
 pub fn fake_spec(p: &TestProxy, n: u32) -> ConnSpec {
-    let fake = ic_proxy_core::config::PeerAddr {
+    let fake = ic_proxy_core::address_map::PeerAddr {
         dbid: FAKE_DBID,
         content: FAKE_CONTENT,
         host: String::new(),

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use ic_proxy_client::{
     pattern_payload, ClientOptions, ConnSpec, Endpoint, LogicalConn, RecvItem, StreamDigest,
 };
-use ic_proxy_core::config::{AddressMap, PeerAddr};
+use ic_proxy_core::address_map::{AddressMap, PeerAddr};
 use ic_proxy_core::protocol::Dialect;
 use ic_proxy_core::{
     bind_backend_socket, run, Listeners, PeerState, ProxySettings, RuntimeConfig, StatusBoard,
@@ -63,7 +63,7 @@ impl Default for MeshOptions {
             peer_secret: None,
             handshake_timeout: Duration::from_secs(2),
             absent: Vec::new(),
-            peer_queue_bytes: ic_proxy_core::settings::DEFAULT_PEER_QUEUE_BYTES,
+            peer_queue_bytes: ic_proxy_core::config::DEFAULT_PEER_QUEUE_BYTES,
         }
     }
 }

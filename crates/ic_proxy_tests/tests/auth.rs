@@ -39,7 +39,7 @@ async fn refused(
     let (l1, a1) = reserve(1, -1);
     let (l2, a2) = reserve(2, 0);
     let map =
-        ic_proxy_core::config::AddressMap::from_entries(vec![a1.clone(), a2.clone()]).unwrap();
+        ic_proxy_core::address_map::AddressMap::from_entries(vec![a1.clone(), a2.clone()]).unwrap();
     let mut mesh = Mesh::start_with(
         &[],
         MeshOptions {

@@ -582,7 +582,7 @@ hostile!(unix_hello_from_another_instances_dbid, |c| {
 });
 
 hostile!(unix_hello_to_a_dbid_not_in_the_map, |c| {
-    let nowhere = ic_proxy_core::config::PeerAddr {
+    let nowhere = ic_proxy_core::address_map::PeerAddr {
         dbid: 99,
         content: 5,
         host: String::new(),

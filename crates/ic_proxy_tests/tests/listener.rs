@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ic_proxy_core::config::AddressMap;
+use ic_proxy_core::address_map::AddressMap;
 use ic_proxy_core::{
     bind_backend_socket, run, Listeners, ProxySettings, RuntimeConfig, StatusBoard,
 };

@@ -307,7 +307,7 @@ async fn reload_adds_and_removes_a_peer_without_disturbing_the_others() {
     let (l, addr3) = reserve(3, 1);
     let mut entries = mesh.map().entries().to_vec();
     entries.push(addr3.clone());
-    let bigger = ic_proxy_core::config::AddressMap::from_entries(entries).unwrap();
+    let bigger = ic_proxy_core::address_map::AddressMap::from_entries(entries).unwrap();
     for p in &mesh.proxies {
         p.config
             .send_replace(std::sync::Arc::new(mesh.runtime_config(bigger.clone())));
@@ -320,7 +320,7 @@ async fn reload_adds_and_removes_a_peer_without_disturbing_the_others() {
 
     // Remove it again.
     mesh.stop(3).await;
-    let smaller = ic_proxy_core::config::AddressMap::from_entries(
+    let smaller = ic_proxy_core::address_map::AddressMap::from_entries(
         mesh.proxies
             .iter()
             .filter(|p| p.addr.dbid != 3)

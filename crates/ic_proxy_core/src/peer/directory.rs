@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use super::PeerSlot;
-use crate::config::{MapDiff, PeerAddr};
+use crate::address_map::{MapDiff, PeerAddr};
 use crate::context::{Ctx, NO_CONTENT};
 use crate::status::PeerStats;
 
@@ -44,7 +44,7 @@ impl PeerDirectory {
         ctx: &Arc<Ctx>,
         diff: &MapDiff,
         restart: bool,
-        new: &crate::config::AddressMap,
+        new: &crate::address_map::AddressMap,
         me: Option<&PeerAddr>,
     ) -> Vec<Arc<PeerStats>> {
         let mut slots = self.slots.write().unwrap_or_else(|p| p.into_inner());

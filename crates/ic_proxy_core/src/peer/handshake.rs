@@ -17,8 +17,8 @@ use tokio::net::TcpStream;
 use super::directory::PeerDirectory;
 use super::probe::LINK_PROBE_TIMEOUT;
 use super::{role, NewLink, Role};
+use crate::address_map::PeerAddr;
 use crate::auth::Exchange;
-use crate::config::PeerAddr;
 use crate::context::Ctx;
 use crate::protocol::{Dialect, Endpoint, Header, PacketReader, PacketType};
 

@@ -13,8 +13,8 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::address_map::PeerAddr;
 use crate::auth::CHALLENGE_WAIT;
-use crate::config::PeerAddr;
 use crate::context::Ctx;
 use crate::protocol::EncodedHeader;
 use crate::status::{PeerState, PeerStats};

@@ -152,7 +152,7 @@ impl PeerQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::PeerAddr;
+    use crate::address_map::PeerAddr;
     use crate::protocol::{Dialect, Endpoint, Header, PacketType};
     use crate::status::PeerState;
     use std::time::Duration;

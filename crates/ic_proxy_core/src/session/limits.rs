@@ -3,7 +3,7 @@
 //! and a session's queue bound), how much a session may have queued for its
 //! backend, and its read and write sizes.
 
-use crate::settings::ProxySettings;
+use crate::config::ProxySettings;
 
 /// What one waiting packet costs besides its payload (its queue slot, with
 /// the queue's growth slack, and its allocation), for the early cache's cap

@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use ic_proxy_core::config::{AddressMap, MapProblem, PeerAddr, MAX_DBID, MAX_QUOTED_CHARS};
+use ic_proxy_core::address_map::{AddressMap, MapProblem, PeerAddr, MAX_DBID, MAX_QUOTED_CHARS};
 use proptest::prelude::*;
 
 fn host() -> impl Strategy<Value = String> {
