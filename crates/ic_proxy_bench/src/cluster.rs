@@ -8,7 +8,9 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
+
+use ic_proxy_core::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use crate::transport::ProxyEnd;
@@ -47,12 +49,12 @@ impl LogWatch {
             self.peer_listening.store(true, Relaxed);
         }
         if line.contains(" WARN ") || line.contains(" ERROR ") {
-            let mut w = self.warnings.lock().unwrap_or_else(|p| p.into_inner());
+            let mut w = self.warnings.lock();
             if w.len() < KEPT_WARNINGS {
                 w.push(line.to_string());
             }
         }
-        let mut t = self.tail.lock().unwrap_or_else(|p| p.into_inner());
+        let mut t = self.tail.lock();
         if t.len() >= 20 {
             t.remove(0);
         }
@@ -64,17 +66,11 @@ impl LogWatch {
     }
 
     pub fn warnings(&self) -> Vec<String> {
-        self.warnings
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.warnings.lock().clone()
     }
 
     fn tail(&self) -> String {
-        self.tail
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .join("\n")
+        self.tail.lock().join("\n")
     }
 }
 

@@ -26,7 +26,9 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering::Relaxed};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Arc};
+
+use ic_proxy_core::sync::Mutex;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -131,7 +133,7 @@ struct Lab {
     _one_at_a_time: std::sync::MutexGuard<'static, ()>,
 }
 
-static LABS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+static LABS: Mutex<()> = Mutex::new(());
 static LAB_SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 impl Drop for Lab {
@@ -189,7 +191,7 @@ impl Lab {
                 "not root: network namespaces need CAP_SYS_ADMIN".into(),
             ));
         }
-        let one_at_a_time = LABS.lock().unwrap_or_else(|p| p.into_inner());
+        let one_at_a_time = LABS.lock();
         remove_stale_namespaces();
         let seq = LAB_SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut lab = Lab {
@@ -451,7 +453,6 @@ impl Relay {
                 };
                 let _ = (down.set_nodelay(true), up.set_nodelay(true));
                 c.lock()
-                    .unwrap()
                     .extend([down.try_clone().unwrap(), up.try_clone().unwrap()]);
                 for (from, to) in [
                     (down.try_clone().unwrap(), up.try_clone().unwrap()),
@@ -476,7 +477,7 @@ impl Drop for Relay {
     fn drop(&mut self) {
         // SAFETY: shutdown(2) on a listening socket we own wakes its accept().
         unsafe { libc::shutdown(self.listener.as_raw_fd(), libc::SHUT_RDWR) };
-        for c in self.conns.lock().unwrap().iter() {
+        for c in self.conns.lock().iter() {
             let _ = c.shutdown(Shutdown::Both);
         }
     }

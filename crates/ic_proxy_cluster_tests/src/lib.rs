@@ -22,7 +22,9 @@ use std::io::Write as _;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
+
+use ic_proxy_core::sync::Mutex;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -215,7 +217,7 @@ pub fn copy_tree_for_server(from: &Path, to: &Path) -> Result<(), String> {
 /// released. Never hands out the same port twice in one process.
 pub fn free_port() -> u16 {
     static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
-    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    let mut given = GIVEN.lock();
     let given = given.get_or_insert_with(HashSet::new);
     loop {
         let port = TcpListener::bind("127.0.0.1:0")

@@ -16,7 +16,9 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
+
+use ic_proxy_core::sync::RwLock;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -460,7 +462,7 @@ fn reload_many(
             ),
             _ => ("SELECT pg_reload_conf();".to_string(), None),
         };
-        let psql = |sql: &str| cluster.read().unwrap().instance(dbid).psql(sql);
+        let psql = |sql: &str| cluster.read().instance(dbid).psql(sql);
         let mut last = String::new();
         wait_until(
             &format!("reload {step} on dbid {dbid}"),
@@ -495,7 +497,7 @@ fn reload_many(
 /// when the fault struck. The postmaster treats the death as a crash and
 /// restarts every process of the instance, the worker with them.
 fn kill_worker(cluster: &RwLock<PgCluster>, dbid: u16) -> Instant {
-    let worker = || cluster.read().unwrap().instance(dbid).proxy_worker_pid();
+    let worker = || cluster.read().instance(dbid).proxy_worker_pid();
     let old = worker().expect("a running worker");
     // Taken first: the ends of the connections it cuts may be seen before
     // this thread runs again after kill(2).
@@ -516,7 +518,7 @@ fn kill_worker(cluster: &RwLock<PgCluster>, dbid: u16) -> Instant {
 /// returns when the stop began.
 fn stop_instance(cluster: &RwLock<PgCluster>, dbid: u16) -> Instant {
     let at = Instant::now();
-    cluster.write().unwrap().instance_mut(dbid).stop().unwrap();
+    cluster.write().instance_mut(dbid).stop().unwrap();
     let mut last = String::new();
     wait_until(
         &format!("dbid 1 sees dbid {dbid} gone"),
@@ -524,7 +526,6 @@ fn stop_instance(cluster: &RwLock<PgCluster>, dbid: u16) -> Instant {
         || {
             last = cluster
                 .read()
-                .unwrap()
                 .instance(1)
                 .psql(&format!(
                     "SELECT state FROM ic_proxy_status() WHERE dbid = {dbid}"
@@ -538,11 +539,11 @@ fn stop_instance(cluster: &RwLock<PgCluster>, dbid: u16) -> Instant {
 }
 
 fn start_instance(cluster: &RwLock<PgCluster>, dbid: u16) {
-    cluster.write().unwrap().instance_mut(dbid).start().unwrap();
+    cluster.write().instance_mut(dbid).start().unwrap();
 }
 
 fn wait_all_linked(cluster: &RwLock<PgCluster>, after: &str) {
-    let cluster = cluster.read().unwrap();
+    let cluster = cluster.read();
     for m in cluster.members() {
         wait_linked(&m.instance, cluster.members().len(), MESH_TIMEOUT)
             .unwrap_or_else(|e| panic!("after {after}, dbid {}: {e}", m.dbid));
@@ -576,7 +577,7 @@ fn inject(cluster: &RwLock<PgCluster>, round: usize) -> ([Option<Instant>; N + 1
 /// The backends on every instance as they are now (a restarted instance
 /// has a new postmaster pid, so a new socket name).
 fn backends_now(cluster: &RwLock<PgCluster>) -> Vec<Backend> {
-    backends(&cluster.read().unwrap())
+    backends(&cluster.read())
 }
 
 #[test]
@@ -715,7 +716,7 @@ fn connections_survive_or_end_cleanly_through_kills_restarts_and_reloads() {
     });
     let (reloads_changed, reloads_unchanged, reloads_began, faults_done, reloads_done) =
         reload_window;
-    let cluster = cluster.into_inner().unwrap();
+    let cluster = cluster.into_inner();
 
     // The survivors still flow after all of it; then the load stops.
     let seen: Vec<u64> = survivor_progress.iter().map(|p| p.load(Relaxed)).collect();
@@ -903,7 +904,6 @@ fn a_cut_connection_leaves_nothing_for_the_next_link() {
     assert_eq!(s.digest, r.digest);
     let early = cluster
         .read()
-        .unwrap()
         .instance(2)
         .psql("SELECT early_cache_bytes || '|' || early_dropped_connections FROM ic_proxy_info()")
         .unwrap();

@@ -5,7 +5,7 @@
 //! peer directory and the registry, so nothing here imports them.
 
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -15,6 +15,7 @@ use crate::config::ProxySettings;
 use crate::protocol::{IcTcpFramer, PacketDecoder};
 use crate::route::Registry;
 use crate::status::{LogLimit, StatusBoard};
+use crate::sync::RwLock;
 
 /// Unset content: this instance's dbid is not in the map.
 pub(crate) const NO_CONTENT: i32 = i32::MIN;
@@ -81,14 +82,11 @@ impl LinkPolicy {
     }
 
     pub fn secret(&self) -> Option<Arc<[u8]>> {
-        self.secret
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.secret.read().clone()
     }
 
     pub fn set_secret(&self, secret: Option<Arc<[u8]>>) {
-        *self.secret.write().unwrap_or_else(|p| p.into_inner()) = secret;
+        *self.secret.write() = secret;
     }
 
     pub fn retry_interval(&self) -> Duration {

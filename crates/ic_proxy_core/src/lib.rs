@@ -12,6 +12,7 @@ pub mod flow;
 pub mod pending;
 pub mod protocol;
 pub mod status;
+pub mod sync;
 
 mod peer;
 mod proxy;

@@ -9,10 +9,11 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use crate::config::ProxySettings;
 pub use crate::config::DEFAULT_PENDING_PEERS_PER_SOURCE;
+use crate::sync::Mutex;
 
 /// Caps when the descriptor limit is unlimited.
 const FALLBACK_PENDING: usize = 1024;
@@ -130,7 +131,7 @@ impl PendingLimits {
     /// pending until the returned guard drops.
     pub fn admit(self: &Arc<Self>, from: Option<IpAddr>) -> Result<Pending, Refusal> {
         let source = from.map(source_key);
-        let mut c = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let mut c = self.counts.lock();
         if c.total >= self.max_total {
             return Err(Refusal::Total(c.total));
         }
@@ -150,7 +151,7 @@ impl PendingLimits {
 
     #[cfg(test)]
     fn counts(&self) -> (usize, usize) {
-        let c = self.counts.lock().unwrap();
+        let c = self.counts.lock();
         (c.total, c.per_source.len())
     }
 }
@@ -164,7 +165,7 @@ pub(crate) struct Pending {
 
 impl Drop for Pending {
     fn drop(&mut self) {
-        let mut c = self.limits.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let mut c = self.limits.counts.lock();
         c.total -= 1;
         if let Some(ip) = self.source {
             if let Some(n) = c.per_source.get_mut(&ip) {

@@ -11,7 +11,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -22,6 +22,7 @@ use crate::protocol::LogicalConnKey;
 use crate::session::limits::{KEY_COST, PACKET_COST};
 use crate::session::shared::{Arrival, BackendSession, Violation};
 use crate::status::{LogLimit, StatusBoard};
+use crate::sync::Mutex;
 
 /// What became of a routed packet.
 pub(crate) enum Routed {
@@ -135,7 +136,7 @@ impl Registry {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        self.inner.lock()
     }
 
     pub fn set_cache_limits(&self, cap_bytes: usize, ttl: Duration) {

@@ -3,10 +3,11 @@
 //! memory; the standalone binary logs it.
 
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicU8, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::address_map::PeerAddr;
+use crate::sync::{Mutex, RwLock};
 
 /// The state of the link to one peer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -62,7 +63,7 @@ impl LogLimit {
     /// Some(n) when this event may be logged, n = events left out before it.
     pub fn allow(&self) -> Option<u64> {
         let now = std::time::Instant::now();
-        let mut g = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut g = self.state.lock();
         let (start, logged, skipped) = g.get_or_insert((now, 0, 0));
         if now.duration_since(*start) >= std::time::Duration::from_secs(1) {
             *start = now;
@@ -144,7 +145,7 @@ impl PeerStats {
     }
 
     pub fn set_error(&self, e: impl Into<String>) {
-        *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = e.into();
+        *self.last_error.lock() = e.into();
     }
 
     pub fn snapshot(&self) -> PeerSnapshot {
@@ -160,11 +161,7 @@ impl PeerStats {
             cached_bytes: self.cached_bytes.load(Relaxed).max(0) as u64,
             drops: self.drops.load(Relaxed),
             reconnects: self.reconnects.load(Relaxed),
-            last_error: self
-                .last_error
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone(),
+            last_error: self.last_error.lock().clone(),
         }
     }
 }
@@ -195,15 +192,15 @@ pub struct ListenerStatus {
 impl ListenerStatus {
     pub fn set_up(&self, where_: impl Into<String>) {
         self.up.store(1, Relaxed);
-        *self.detail.lock().unwrap_or_else(|p| p.into_inner()) = where_.into();
+        *self.detail.lock() = where_.into();
     }
     pub fn set_failed(&self, error: impl Into<String>) {
         self.up.store(2, Relaxed);
-        *self.detail.lock().unwrap_or_else(|p| p.into_inner()) = error.into();
+        *self.detail.lock() = error.into();
     }
     pub fn set_down(&self, why: impl Into<String>) {
         self.up.store(0, Relaxed);
-        *self.detail.lock().unwrap_or_else(|p| p.into_inner()) = why.into();
+        *self.detail.lock() = why.into();
     }
     /// ("up" | "failed" | "down", address or error)
     pub fn get(&self) -> (&'static str, String) {
@@ -212,13 +209,7 @@ impl ListenerStatus {
             2 => "failed",
             _ => "down",
         };
-        (
-            s,
-            self.detail
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone(),
-        )
+        (s, self.detail.lock().clone())
     }
 }
 
@@ -287,13 +278,12 @@ impl StatusBoard {
     /// Replaces the list of peers (on start and on every reload), sorted by dbid.
     pub fn set_peers(&self, mut peers: Vec<Arc<PeerStats>>) {
         peers.sort_by_key(|p| p.addr.dbid);
-        *self.peers.write().unwrap_or_else(|p| p.into_inner()) = peers;
+        *self.peers.write() = peers;
     }
 
     pub fn peer(&self, dbid: u16) -> Option<Arc<PeerStats>> {
         self.peers
             .read()
-            .unwrap_or_else(|p| p.into_inner())
             .iter()
             .find(|p| p.addr.dbid == dbid)
             .cloned()
@@ -318,13 +308,7 @@ impl StatusBoard {
             socket_takeovers: c.socket_takeovers.load(Relaxed),
             fd_soft_limit: c.fd_soft_limit.load(Relaxed),
             fd_hard_limit: c.fd_hard_limit.load(Relaxed),
-            peers: self
-                .peers
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .iter()
-                .map(|p| p.snapshot())
-                .collect(),
+            peers: self.peers.read().iter().map(|p| p.snapshot()).collect(),
         }
     }
 }
@@ -339,7 +323,6 @@ impl StatusBoard {
         let moved: u64 = self
             .peers
             .read()
-            .unwrap_or_else(|p| p.into_inner())
             .iter()
             .map(|p| {
                 p.bytes_in
@@ -434,7 +417,7 @@ mod tests {
         }
         // A second later the next line reports the five left out.
         {
-            let mut g = l.state.lock().unwrap();
+            let mut g = l.state.lock();
             let s = g.as_mut().unwrap();
             s.0 -= std::time::Duration::from_secs(1);
         }

@@ -381,8 +381,8 @@ struct TestLog {
 /// Kept log lines; the oldest go first past this many.
 const LOG_KEEP: usize = 200_000;
 
-static LOG_LINES: std::sync::Mutex<std::collections::VecDeque<LogLine>> =
-    std::sync::Mutex::new(std::collections::VecDeque::new());
+static LOG_LINES: ic_proxy_core::sync::Mutex<std::collections::VecDeque<LogLine>> =
+    ic_proxy_core::sync::Mutex::new(std::collections::VecDeque::new());
 
 /// One captured log record.
 #[derive(Clone, Debug)]
@@ -402,7 +402,7 @@ impl log::Log for TestLog {
             eprintln!("{:?} {} {}", std::time::SystemTime::now(), r.level(), text);
         }
         let thread = std::thread::current().name().unwrap_or("").to_string();
-        let mut lines = LOG_LINES.lock().unwrap_or_else(|p| p.into_inner());
+        let mut lines = LOG_LINES.lock();
         if lines.len() >= LOG_KEEP {
             lines.pop_front();
         }
@@ -440,7 +440,6 @@ pub fn init_log() {
 pub fn log_lines(thread: &str) -> Vec<LogLine> {
     LOG_LINES
         .lock()
-        .unwrap_or_else(|p| p.into_inner())
         .iter()
         .filter(|l| l.thread == thread)
         .cloned()

@@ -4,12 +4,13 @@
 //! in it. It owns no link itself: each slot runs its own.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use super::PeerSlot;
 use crate::address_map::{MapDiff, PeerAddr};
 use crate::context::{Ctx, NO_CONTENT};
 use crate::status::PeerStats;
+use crate::sync::RwLock;
 
 #[derive(Default)]
 pub(crate) struct PeerDirectory {
@@ -18,20 +19,11 @@ pub(crate) struct PeerDirectory {
 
 impl PeerDirectory {
     pub fn get(&self, dbid: u16) -> Option<Arc<PeerSlot>> {
-        self.slots
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&dbid)
-            .cloned()
+        self.slots.read().get(&dbid).cloned()
     }
 
     pub fn slots(&self) -> Vec<Arc<PeerSlot>> {
-        self.slots
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect()
+        self.slots.read().values().cloned().collect()
     }
 
     /// Brings the slots in line with a new map: `diff` against the map in
@@ -47,7 +39,7 @@ impl PeerDirectory {
         new: &crate::address_map::AddressMap,
         me: Option<&PeerAddr>,
     ) -> Vec<Arc<PeerStats>> {
-        let mut slots = self.slots.write().unwrap_or_else(|p| p.into_inner());
+        let mut slots = self.slots.write();
         let stop = |dbid: u16, slots: &mut HashMap<u16, Arc<PeerSlot>>| {
             if let Some(slot) = slots.remove(&dbid) {
                 log::info!("ic-proxy: peer dbid {dbid} removed from the map");

@@ -42,7 +42,7 @@ pub(super) async fn run_link(
 ) -> String {
     let (rd, wr) = stream.into_split();
     let link = slot.token.child_token();
-    *slot.current_link.lock().unwrap_or_else(|p| p.into_inner()) = Some(link.clone());
+    *slot.current_link.lock() = Some(link.clone());
     let reader = {
         let ctx = ctx.clone();
         let slot = slot.clone();

@@ -6,7 +6,7 @@
 //! it; nothing else.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -25,6 +25,7 @@ mod link;
 mod probe;
 mod queue;
 
+use crate::sync::Mutex;
 pub(crate) use directory::PeerDirectory;
 pub(crate) use handshake::accept_peer;
 use handshake::dial;
@@ -137,11 +138,11 @@ impl PeerSlot {
             return;
         };
         let stale = {
-            let used = lock(&self.link_secret);
+            let used = self.link_secret.lock();
             self.is_up() && used.as_deref() != Some(&**required)
         };
         if stale {
-            let why = if lock(&self.link_secret).is_none() {
+            let why = if self.link_secret.lock().is_none() {
                 "the link was not authenticated and a reload turned peer authentication on"
             } else {
                 "a reload changed the peer authentication secret"
@@ -150,19 +151,14 @@ impl PeerSlot {
                 "ic-proxy: peer dbid {}: {why}; ending the link to make it again with the current secret",
                 self.addr.dbid
             );
-            *lock(&self.end_reason) = Some(format!("{why}; linking again"));
+            *self.end_reason.lock() = Some(format!("{why}; linking again"));
             self.end_link();
         }
     }
 
     /// Ends the link in use (the peer task then takes the next one).
     fn end_link(&self) {
-        if let Some(t) = self
-            .current_link
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-        {
+        if let Some(t) = self.current_link.lock().as_ref() {
             t.cancel();
         }
     }
@@ -238,8 +234,8 @@ async fn peer_task(
                 continue;
             }
         }
-        *lock(&slot.link_secret) = secret;
-        lock(&slot.end_reason).take();
+        *slot.link_secret.lock() = secret;
+        slot.end_reason.lock().take();
         slot.link_up.store(true, Relaxed);
         slot.stats.set_state(PeerState::Connected);
         if linked_before {
@@ -257,7 +253,7 @@ async fn peer_task(
         // How long a dialer that requires authentication waits for our
         // challenge (if its settings are ours).
         let wait = ctx.settings.handshake_timeout.min(CHALLENGE_WAIT);
-        if let Some(why) = lock(&slot.end_reason).take() {
+        if let Some(why) = slot.end_reason.lock().take() {
             reason = why;
         } else if reason == PEER_CLOSED
             && ctx.secret().is_none()
@@ -296,12 +292,6 @@ async fn peer_task(
     }
     slot.link_up.store(false, Relaxed);
     ctx.registry.abort_remote(slot.addr.dbid);
-}
-
-/// A mutex's guard; a panic elsewhere while it was held leaves nothing
-/// half-done here (plain values are swapped whole).
-pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 pub(super) fn drop_packet(ctx: &Ctx, slot: &PeerSlot, why: &str) {

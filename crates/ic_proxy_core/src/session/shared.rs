@@ -5,7 +5,6 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
-use std::sync::Mutex;
 
 use bytes::Bytes;
 use tokio::sync::Notify;
@@ -14,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use super::limits::PACKET_COST;
 use crate::flow::{FlowParams, FlowViolation, SendCredit};
 use crate::protocol::LogicalConnKey;
+use crate::sync::Mutex;
 
 /// A session's queue of deliveries for its writer. A plain deque under a
 /// mutex: it allocates nothing until something arrives and nothing once it
@@ -60,7 +60,7 @@ impl Inbox {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Arrival>> {
-        self.q.lock().unwrap_or_else(|p| p.into_inner())
+        self.q.lock()
     }
 }
 
@@ -197,7 +197,7 @@ impl BackendSession {
     }
 
     fn lock_credit(&self) -> std::sync::MutexGuard<'_, SendCredit> {
-        self.credit.lock().unwrap_or_else(|p| p.into_inner())
+        self.credit.lock()
     }
 }
 
