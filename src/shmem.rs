@@ -281,7 +281,7 @@ pub fn publish(id: &Identity<'_>, s: &StatusSnapshot, running: bool) {
         row.dbid = p.addr.dbid;
         row.content = p.addr.content;
         row.port = p.addr.port;
-        row.state = p.state as u8;
+        row.state = p.state.code();
         row.since_ms = p.since_ms;
         row.bytes_in = p.bytes_in;
         row.bytes_out = p.bytes_out;
@@ -354,13 +354,6 @@ impl PeerRow {
         if self.state == NOT_IN_MAP {
             return STATE_NOT_IN_MAP;
         }
-        let s = match self.state {
-            0 => PeerState::SelfEntry,
-            1 => PeerState::Connecting,
-            2 => PeerState::Connected,
-            3 => PeerState::Down,
-            _ => PeerState::Unlinked,
-        };
-        s.name()
+        PeerState::from_u8(self.state).name()
     }
 }

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicI32, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -38,6 +39,8 @@ pub(crate) struct Ctx {
     /// can produce them by the million.
     pub refusals: LogLimit,
     pub drops: LogLimit,
+    /// Notified each time the last open session ends (stop waits for it).
+    pub sessions_done: Notify,
 }
 
 impl Ctx {

@@ -78,6 +78,7 @@ pub async fn run(
         policy: LinkPolicy::new(cfg.retry_interval, cfg.peer_secret.clone()),
         refusals: LogLimit::default(),
         drops: LogLimit::default(),
+        sessions_done: tokio::sync::Notify::new(),
     });
     log::info!(
         "ic-proxy: starting: dbid {}, dialect {}, max packet size {}",
@@ -182,8 +183,16 @@ pub async fn run(
     // and close. Everything within STOP_GRACE.
     ctx.registry.abort_all();
     let sessions_gone = async {
-        while ctx.status.counters.sessions_open.load(Relaxed) > 0 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
+        loop {
+            // Registered before the check, so the last session's notice
+            // cannot slip in between.
+            let done = ctx.sessions_done.notified();
+            tokio::pin!(done);
+            done.as_mut().enable();
+            if ctx.status.counters.sessions_open.load(Relaxed) <= 0 {
+                break;
+            }
+            done.await;
         }
     };
     let _ = tokio::time::timeout(STOP_GRACE / 2, sessions_gone).await;

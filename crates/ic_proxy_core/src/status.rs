@@ -25,6 +25,11 @@ pub enum PeerState {
 }
 
 impl PeerState {
+    /// The state as one byte.
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             PeerState::SelfEntry => "self",
@@ -35,7 +40,9 @@ impl PeerState {
         }
     }
 
-    fn from_u8(v: u8) -> PeerState {
+    /// The state a code of [`PeerState::code`] stands for (shared memory
+    /// keeps the code).
+    pub fn from_u8(v: u8) -> PeerState {
         match v {
             0 => PeerState::SelfEntry,
             1 => PeerState::Connecting,

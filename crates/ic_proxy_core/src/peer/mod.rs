@@ -5,7 +5,7 @@
 //! when the link is lost. Losing a link ends every logical connection through
 //! it; nothing else.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,7 +41,8 @@ pub(crate) struct PeerSlot {
     /// Cancelled when the entry leaves the map or the proxy stops.
     pub token: CancellationToken,
     accepted: mpsc::Sender<NewLink>,
-    link_up: AtomicBool,
+    /// Whether a link is up; watched by whoever waits for it to go down.
+    link_up: watch::Sender<bool>,
     /// The link in use, to end it when a reconnecting peer proves it dead.
     current_link: Mutex<Option<CancellationToken>>,
     /// Sequence number of the last link probe sent, and the last answered.
@@ -93,7 +94,7 @@ impl PeerSlot {
             queue,
             token: ctx.links.child_token(),
             accepted,
-            link_up: AtomicBool::new(false),
+            link_up: watch::channel(false).0,
             current_link: Mutex::new(None),
             probe_seq: AtomicU32::new(0),
             probe_answered: watch::channel(0).0,
@@ -114,7 +115,11 @@ impl PeerSlot {
     }
 
     pub fn is_up(&self) -> bool {
-        self.link_up.load(Relaxed)
+        *self.link_up.borrow()
+    }
+
+    fn set_up(&self, up: bool) {
+        self.link_up.send_replace(up);
     }
 
     /// The generation of the current (or next) link.
@@ -122,11 +127,11 @@ impl PeerSlot {
         self.queue.generation()
     }
 
-    /// Returns once no link is up (polled: link changes are rare).
+    /// Returns once no link is up.
     pub(super) async fn link_down(&self) {
-        while self.is_up() {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        let mut up = self.link_up.subscribe();
+        // The sender lives as long as the slot: this cannot fail.
+        let _ = up.wait_for(|up| !*up).await;
     }
 
     /// Authentication now requires `secret` (a reload turned it on or
@@ -236,7 +241,7 @@ async fn peer_task(
         }
         *slot.link_secret.lock() = secret;
         slot.end_reason.lock().take();
-        slot.link_up.store(true, Relaxed);
+        slot.set_up(true);
         slot.stats.set_state(PeerState::Connected);
         if linked_before {
             slot.stats.reconnects.fetch_add(1, Relaxed);
@@ -270,7 +275,7 @@ async fn peer_task(
                 slot.addr.dbid
             );
         }
-        slot.link_up.store(false, Relaxed);
+        slot.set_up(false);
         // What the ended logical connections still send (their BYEs) stays
         // behind: the next link starts a new generation.
         slot.queue.next_generation();
@@ -290,7 +295,7 @@ async fn peer_task(
             slot.addr.dbid
         );
     }
-    slot.link_up.store(false, Relaxed);
+    slot.set_up(false);
     ctx.registry.abort_remote(slot.addr.dbid);
 }
 

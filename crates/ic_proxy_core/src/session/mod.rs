@@ -146,7 +146,9 @@ pub(crate) async fn run_session(
     );
 
     ctx.registry.unregister(&shared);
-    counters.sessions_open.fetch_sub(1, Relaxed);
+    if counters.sessions_open.fetch_sub(1, Relaxed) == 1 {
+        ctx.sessions_done.notify_waiters();
+    }
     if let Target::Peer(slot, _) = &target {
         slot.stats.logical_conns.fetch_sub(1, Relaxed);
     }
