@@ -13,9 +13,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::ProxySettings;
+use crate::log_limit::LogLimit;
 use crate::protocol::{IcTcpFramer, PacketDecoder};
 use crate::route::Registry;
-use crate::status::{LogLimit, StatusBoard};
+use crate::status::StatusBoard;
 use crate::sync::RwLock;
 
 /// Unset content: this instance's dbid is not in the map.

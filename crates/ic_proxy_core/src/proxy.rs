@@ -21,6 +21,7 @@ use tokio_util::task::TaskTracker;
 use crate::address_map::{AddressMap, PeerAddr};
 use crate::config::{BackendSocket, ProxySettings, RuntimeConfig};
 use crate::context::{Ctx, LinkPolicy};
+use crate::log_limit::LogLimit;
 use crate::peer::{accept_peer, PeerDirectory};
 use crate::pending::{
     soft_nofile_limit, AcceptFailure, AdmissionCaps, Pending, PendingLimits, SpareDescriptor,
@@ -29,7 +30,7 @@ use crate::protocol::{IcTcpFramer, PacketDecoder, PacketType};
 use crate::route::{ByeOwed, Registry};
 use crate::session::run_session;
 use crate::session::shared::Arrival;
-use crate::status::{LogLimit, PeerState, PeerStats, StatusBoard};
+use crate::status::{PeerState, PeerStats, StatusBoard};
 
 /// Listeners made by the caller; `None` means the runtime binds its own
 /// (and retries every second while it cannot).

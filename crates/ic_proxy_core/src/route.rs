@@ -18,10 +18,11 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use crate::cache::EarlyCache;
+use crate::log_limit::LogLimit;
 use crate::protocol::LogicalConnKey;
 use crate::session::limits::{KEY_COST, PACKET_COST};
 use crate::session::shared::{Arrival, BackendSession, Violation};
-use crate::status::{LogLimit, StatusBoard};
+use crate::status::StatusBoard;
 use crate::sync::Mutex;
 
 /// What became of a routed packet.
