@@ -2,59 +2,21 @@
 //! a bad map, 1 MB carried between two proxy processes by `send` and `recv`,
 //! reloads on SIGHUP and clean stops on SIGTERM / SIGINT.
 
+mod common;
+
 use std::fs::File;
 use std::io::{Read, Write};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::{free_port, ic_proxy, signal, text, wait_exit, BIN, POLL};
 use ic_proxy_client::{ClientOptions, ConnSpec, Endpoint, LogicalConn, RecvItem};
 use ic_proxy_core::address_map::AddressMap;
 
-const BIN: &str = env!("CARGO_BIN_EXE_ic-proxy");
 /// Bound on every wait; generous because other builds share the 2 cores.
 const DEADLINE: Duration = Duration::from_secs(60);
-const POLL: Duration = Duration::from_millis(20);
-
-fn ic_proxy(args: &[&str]) -> Output {
-    Command::new(BIN).args(args).output().expect("run ic-proxy")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// A port nobody listens on right now: bind port 0 and let it go.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind port 0")
-        .port()
-}
-
-fn signal(child: &Child, sig: libc::c_int) {
-    // SAFETY: kill(2) with a pid we spawned and have not yet reaped.
-    let rc = unsafe { libc::kill(child.id() as libc::pid_t, sig) };
-    assert_eq!(rc, 0, "kill({}, {sig})", child.id());
-}
-
-/// Waits for `child` to exit; kills it and fails after `within`.
-fn wait_exit(child: &mut Child, what: &str, within: Duration) -> ExitStatus {
-    let until = Instant::now() + within;
-    loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            return status;
-        }
-        if Instant::now() >= until {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{what} did not exit within {within:?}");
-        }
-        thread::sleep(POLL);
-    }
-}
 
 /// One `ic-proxy run` process whose stderr goes to a file, killed if a test
 /// fails before stopping it.

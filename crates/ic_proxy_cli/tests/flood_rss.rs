@@ -6,21 +6,23 @@
 //! one-byte packets (where per-packet bookkeeping, not payload, is the cost)
 //! are both tried.
 
+mod common;
+
 use std::fs::File;
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
+use common::{free_port, BIN};
 use ic_proxy_core::protocol::{
     encode_packet, ictcp_packet, Dialect, Endpoint, Header, PacketDecoder, PacketType,
 };
 use ic_proxy_core::PROBE_SESSION_ID;
 
-const BIN: &str = env!("CARGO_BIN_EXE_ic-proxy");
 const DEADLINE: Duration = Duration::from_secs(60);
 const D: Dialect = Dialect::C;
 /// The early-packet cache's cap in these tests.
@@ -28,13 +30,6 @@ const CAP: usize = 8 << 20;
 /// What the process may grow by besides the cache: read and write buffers,
 /// allocator slack, the runtime. Measured well under this.
 const SLACK: usize = 24 << 20;
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind port 0")
-        .port()
-}
 
 /// Resident memory of `pid` in bytes (`field` = "VmRSS" or "VmHWM").
 fn memory(pid: u32, field: &str) -> usize {

@@ -5,9 +5,11 @@
 //! backend socket, and a backend must still be answered at once, and
 //! served, with its stream intact. Refusals must be logged rate-limited.
 
+mod common;
+
 use std::fs::File;
 use std::io::ErrorKind;
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -16,12 +18,12 @@ use std::sync::Once;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::{free_port, BIN};
 use ic_proxy_client::{
     pattern_payload, ClientError, ClientOptions, ConnSpec, Endpoint, LogicalConn, RecvItem,
     StreamDigest,
 };
 
-const BIN: &str = env!("CARGO_BIN_EXE_ic-proxy");
 /// Bound on every wait; generous because other builds share the 2 cores.
 const DEADLINE: Duration = Duration::from_secs(60);
 const POLL: Duration = Duration::from_millis(20);
@@ -58,13 +60,6 @@ fn raise_own_nofile() {
             r.rlim_cur
         );
     });
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind port 0")
-        .port()
 }
 
 /// One `ic-proxy run`, killed on drop.

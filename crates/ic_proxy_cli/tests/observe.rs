@@ -2,38 +2,23 @@
 //! `ic-proxy ping` over its control socket, and `--metrics-listen`, against
 //! a mesh of real proxy processes on loopback.
 
+mod common;
+
 use std::fs::File;
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::{free_port, ic_proxy, text, BIN, POLL};
 use ic_proxy_client::{ClientOptions, ConnSpec, Endpoint, LogicalConn, RecvItem};
 
-const BIN: &str = env!("CARGO_BIN_EXE_ic-proxy");
 /// Bound on every wait; generous because other builds share the 2 cores.
 const DEADLINE: Duration = Duration::from_secs(60);
-const POLL: Duration = Duration::from_millis(20);
-
-fn ic_proxy(args: &[&str]) -> Output {
-    Command::new(BIN).args(args).output().expect("run ic-proxy")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// A port nobody listens on right now: bind port 0 and let it go.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind port 0")
-        .port()
-}
 
 /// One `ic-proxy run` process (postmaster port 6000 + dbid), killed if a
 /// test fails before stopping it.

@@ -5,28 +5,22 @@
 //! already connected are not disturbed. Without the flag a live socket is
 //! left alone, as before.
 
+mod common;
+
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{free_port, BIN};
 use ic_proxy_client::{pattern_payload, ClientOptions, ConnSpec, Endpoint, LogicalConn, RecvItem};
 use ic_proxy_cluster_tests::builtin::{file_id, BuiltinProxy};
 
-const BIN: &str = env!("CARGO_BIN_EXE_ic-proxy");
 const DEADLINE: Duration = Duration::from_secs(60);
 /// How soon the path must be ours again after the stand-in took it.
 const TAKE_BACK: Duration = Duration::from_secs(2);
 /// Slack for a loaded 2-core machine on top of [`TAKE_BACK`].
 const SLACK: Duration = Duration::from_millis(500);
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 struct Proxy {
     child: Child,
