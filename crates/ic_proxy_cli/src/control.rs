@@ -23,7 +23,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::ping;
-use crate::view::{AnswerWriter, ProxyView, Record};
+use crate::view::{pause_after_accept_error, AnswerWriter, ProxyView, Record};
 
 /// Longest request line, newline included.
 pub const REQUEST_MAX: usize = 256;
@@ -234,11 +234,8 @@ async fn serve(server: ControlServer, view: Arc<ProxyView>, shutdown: Cancellati
                 }
             },
             Err(e) => {
-                log::warn!("ic-proxy: accepting a control connection failed: {e}");
-                // Out of descriptors or the like: let it pass.
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                if !pause_after_accept_error("control", &e, &shutdown).await {
+                    return;
                 }
             }
         }

@@ -16,7 +16,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::view::{ProxyView, Report};
+use crate::view::{pause_after_accept_error, ProxyView, Report};
 
 /// Largest request head read.
 pub const HEAD_MAX: usize = 8192;
@@ -75,10 +75,8 @@ async fn serve(listener: TcpListener, view: Arc<ProxyView>, shutdown: Cancellati
                 }
             }
             Err(e) => {
-                log::warn!("ic-proxy: accepting a metrics connection failed: {e}");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                if !pause_after_accept_error("metrics", &e, &shutdown).await {
+                    return;
                 }
             }
         }

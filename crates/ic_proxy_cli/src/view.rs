@@ -12,6 +12,7 @@ use ic_proxy_core::status::now_ms;
 use ic_proxy_core::{BackendSocket, ProxySettings, RuntimeConfig, StatusBoard, StatusSnapshot};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 /// Time a client has to take each part of the answer.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -353,3 +354,21 @@ impl<'a, W: AsyncWriteExt + Unpin> AnswerWriter<'a, W> {
         }
     }
 }
+
+/// After an observer's listener failed to accept (out of descriptors or
+/// the like; the listener itself is fine): logs it and pauses so the loop
+/// does not spin. False when `shutdown` came first.
+pub async fn pause_after_accept_error(
+    what: &str,
+    e: &io::Error,
+    shutdown: &CancellationToken,
+) -> bool {
+    log::warn!("ic-proxy: accepting a {what} connection failed: {e}");
+    tokio::select! {
+        _ = shutdown.cancelled() => false,
+        _ = tokio::time::sleep(ACCEPT_PAUSE) => true,
+    }
+}
+
+/// How long an observer's listener waits after a failed accept.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
