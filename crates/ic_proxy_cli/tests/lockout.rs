@@ -18,11 +18,8 @@ use std::sync::Once;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{free_port, BIN};
-use ic_proxy_client::{
-    pattern_payload, ClientError, ClientOptions, ConnSpec, Endpoint, LogicalConn, RecvItem,
-    StreamDigest,
-};
+use common::{carry, free_port, spec_1_to_2, BIN, MEGABYTE_PACKETS};
+use ic_proxy_client::{ClientError, ClientOptions, ConnSpec, LogicalConn};
 
 /// Bound on every wait; generous because other builds share the 2 cores.
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -36,8 +33,6 @@ const PROMPT: Duration = Duration::from_secs(1);
 const PENDING_CAP: usize = PROXY_NOFILE as usize / 4;
 /// Lines one LogLimit window may log: its burst and the "N more" line.
 const LINES_PER_WINDOW: usize = 10 + 1;
-const STREAM_BYTES: usize = 1 << 20;
-const PAYLOAD: usize = 8188;
 
 /// The test process holds thousands of sockets: raise its own soft limit
 /// to its hard one.
@@ -172,24 +167,10 @@ fn mesh(dir: &Path, both_limited: bool) -> (Proxy, Proxy, u16) {
     (p1, p2, port1)
 }
 
+/// Logical connection `session_id` from dbid 1 to dbid 2.
 fn spec(session_id: i32) -> ConnSpec {
-    ConnSpec {
-        session_id,
-        // The proxy tells connections apart by command, not by session.
-        command_id: session_id as u32,
-        send_slice: 1,
-        recv_slice: 0,
-        local: Endpoint {
-            content: -1,
-            dbid: 1,
-            pid: 101,
-        },
-        remote: Endpoint {
-            content: 0,
-            dbid: 2,
-            pid: 202,
-        },
-    }
+    // The proxy tells connections apart by command, not by session.
+    spec_1_to_2(session_id, session_id as u32)
 }
 
 fn options(deadline: Duration) -> ClientOptions {
@@ -206,18 +187,19 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-/// A backend on `p1` whose HELLO_ACK must come within [`PROMPT`] sends 1 MB
-/// to a backend on `p2`, which must receive it intact and in order.
+/// A backend on `p1` whose HELLO_ACK must come within [`PROMPT`] sends at
+/// least 1 MiB to a backend on `p2`, which must receive it intact and in
+/// order.
 fn stream_a_megabyte(p1: &Proxy, p2: &Proxy, session_id: i32) {
     let spec = spec(session_id);
     runtime().block_on(async {
-        let mut rx = LogicalConn::connect(&p2.socket, spec.reversed(), &options(DEADLINE))
+        let rx = LogicalConn::connect(&p2.socket, spec.reversed(), &options(DEADLINE))
             .await
             .expect("the receiver on proxy 2 connects");
         let started = Instant::now();
         let tx = LogicalConn::connect(&p1.socket, spec, &options(PROMPT)).await;
         let waited = started.elapsed();
-        let mut tx = tx.unwrap_or_else(|e| {
+        let tx = tx.unwrap_or_else(|e| {
             panic!(
                 "the sender on proxy 1 got no HELLO_ACK within {PROMPT:?} ({e}):\n{}",
                 p1.log()
@@ -226,33 +208,9 @@ fn stream_a_megabyte(p1: &Proxy, p2: &Proxy, session_id: i32) {
         assert!(waited < PROMPT, "HELLO_ACK after {waited:?}");
         eprintln!("lockout: session {session_id}: HELLO_ACK after {waited:?}");
 
-        let send = async {
-            let mut sent = StreamDigest::new();
-            let mut left = STREAM_BYTES;
-            let mut index = 0;
-            while left > 0 {
-                let payload = pattern_payload(7, index, left.min(PAYLOAD));
-                sent.update(&payload);
-                tx.send_packet(&payload).await.expect("send a packet");
-                left -= payload.len();
-                index += 1;
-            }
-            tx.finish().await.expect("send BYE");
-            sent
-        };
-        let receive = async {
-            let mut got = StreamDigest::new();
-            loop {
-                match tokio::time::timeout(DEADLINE, rx.recv()).await {
-                    Ok(Ok(RecvItem::Packet(p))) => got.update(&p),
-                    Ok(Ok(RecvItem::Eof)) => return got,
-                    other => panic!("receiver: {other:?}"),
-                }
-            }
-        };
-        let (sent, got) = tokio::join!(send, receive);
-        assert_eq!(got.bytes(), STREAM_BYTES as u64);
-        assert_eq!(got, sent, "the stream arrived altered");
+        carry(tx, rx, 7, MEGABYTE_PACKETS, DEADLINE)
+            .await
+            .unwrap_or_else(|e| panic!("the stream after the HELLO_ACK: {e}"));
     });
 }
 

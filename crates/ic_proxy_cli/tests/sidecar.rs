@@ -5,31 +5,24 @@
 //! along; and what it does with a data directory that is missing, has no
 //! or a garbled postmaster.pid, or tells no dbid.
 
+mod common;
+
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use ic_proxy_client::{
-    pattern_payload, ClientOptions, ConnSpec, Endpoint, LogicalConn, RecvItem, StreamDigest,
-};
 use ic_proxy_cluster_tests::{
     command_as_server_user, free_port, pg_bindir, wait_until, PgInstance,
 };
 
-const BIN: &str = env!("CARGO_BIN_EXE_ic-proxy");
+use common::{spec_1_to_2, text, wait_exit, BIN, POLL};
+
 /// Bound on set-up waits; generous because other builds share the 2 cores.
 const DEADLINE: Duration = Duration::from_secs(60);
 /// What the sidecar promises after a restart.
 const FOLLOW_WITHIN: Duration = Duration::from_secs(5);
-const POLL: Duration = Duration::from_millis(20);
-const STREAM_BYTES: usize = 1 << 20;
-const PAYLOAD: usize = 8188;
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
 
 /// Polls `probe` (with the harness's [`wait_until`]) until it is true;
 /// fails with `what` and `context()` after `within`.
@@ -156,7 +149,7 @@ impl ProxyProcess {
         // SAFETY: kill(2) with a pid we spawned and have not yet reaped.
         let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
         assert_eq!(rc, 0);
-        let status = wait_exit(&mut self.child, Duration::from_secs(20));
+        let status = wait_exit(&mut self.child, "ic-proxy", Duration::from_secs(20));
         assert!(
             status.success(),
             "proxy exited with {status}:\n{}",
@@ -174,98 +167,20 @@ impl Drop for ProxyProcess {
     }
 }
 
-fn wait_exit(child: &mut Child, within: Duration) -> ExitStatus {
-    let until = Instant::now() + within;
-    loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            return status;
-        }
-        if Instant::now() >= until {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("ic-proxy did not exit within {within:?}");
-        }
-        thread::sleep(POLL);
-    }
-}
-
-/// 1 MB over one logical connection: a sender behind `from` (dbid 1,
-/// content -1) to a receiver behind `to` (dbid 2, content 0); every byte
-/// checked by digest. Err says which end failed and how.
+/// A checked stream of at least 1 MiB from a backend behind `from` (dbid
+/// 1) to one behind `to` (dbid 2). Err says which end failed and how.
 fn stream_megabyte(from: &Path, to: &Path, session: i32) -> Result<(), String> {
-    let spec = ConnSpec {
-        session_id: session,
-        command_id: 1,
-        send_slice: 1,
-        recv_slice: 0,
-        local: Endpoint {
-            content: -1,
-            dbid: 1,
-            pid: 101,
-        },
-        remote: Endpoint {
-            content: 0,
-            dbid: 2,
-            pid: 202,
-        },
-    };
-    let opts = ClientOptions::default();
-    let seed = session as u64;
-    let runtime = tokio::runtime::Builder::new_current_thread()
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .unwrap();
-    runtime.block_on(async {
-        let send = async {
-            let mut tx = LogicalConn::connect(from, spec, &opts)
-                .await
-                .map_err(|e| format!("sender: {e}"))?;
-            let mut expected = StreamDigest::new();
-            let (mut sent, mut index) = (0, 0);
-            while sent < STREAM_BYTES {
-                let len = PAYLOAD.min(STREAM_BYTES - sent);
-                let payload = pattern_payload(seed, index, len);
-                expected.update(&payload);
-                tx.send_packet(&payload)
-                    .await
-                    .map_err(|e| format!("sender after {sent} bytes: {e}"))?;
-                sent += len;
-                index += 1;
-            }
-            tx.finish()
-                .await
-                .map_err(|e| format!("sender finish: {e}"))?;
-            // The sender's end stays open until the receiver is done.
-            Ok::<_, String>((expected, tx))
-        };
-        let recv = async {
-            let mut rx = LogicalConn::connect(to, spec.reversed(), &opts)
-                .await
-                .map_err(|e| format!("receiver: {e}"))?;
-            let mut got = StreamDigest::new();
-            loop {
-                match tokio::time::timeout(DEADLINE, rx.recv()).await {
-                    Ok(Ok(RecvItem::Packet(p))) => got.update(&p),
-                    Ok(Ok(RecvItem::Eof)) => return Ok::<_, String>(got),
-                    other => {
-                        return Err(format!("receiver after {} bytes: {other:?}", got.bytes()))
-                    }
-                }
-            }
-        };
-        let (sent, got) = tokio::join!(send, recv);
-        let (expected, _tx) = sent?;
-        let got = got?;
-        if got.bytes() != STREAM_BYTES as u64 || got != expected {
-            return Err(format!(
-                "received {} bytes (digest {:x}), sent {STREAM_BYTES} (digest {:x})",
-                got.bytes(),
-                got.value(),
-                expected.value()
-            ));
-        }
-        Ok(())
-    })
+        .unwrap()
+        .block_on(common::stream_megabyte(
+            from,
+            to,
+            spec_1_to_2(session, 1),
+            session as u64,
+            DEADLINE,
+        ))
 }
 
 /// `pg_ctl restart -m fast -w` as the server user.

@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{free_port, BIN};
-use ic_proxy_client::{pattern_payload, ClientOptions, ConnSpec, Endpoint, LogicalConn, RecvItem};
+use common::{free_port, spec_1_to_2, stream_megabyte, BIN};
+use ic_proxy_client::{ClientOptions, LogicalConn, RecvItem};
 use ic_proxy_cluster_tests::builtin::{file_id, BuiltinProxy};
 
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -75,57 +75,6 @@ impl Drop for Proxy {
     }
 }
 
-fn spec(n: u32) -> ConnSpec {
-    ConnSpec {
-        session_id: 9,
-        command_id: n,
-        send_slice: 1,
-        recv_slice: 0,
-        local: Endpoint {
-            content: -1,
-            dbid: 1,
-            pid: 100 + n as i32,
-        },
-        remote: Endpoint {
-            content: 0,
-            dbid: 2,
-            pid: 200 + n as i32,
-        },
-    }
-}
-
-/// A 1 MB stream from a backend on proxy 1 to one on proxy 2.
-async fn stream_works(p1: &Proxy, p2: &Proxy, n: u32) {
-    let opts = ClientOptions::default();
-    let (tx, rx) = tokio::join!(
-        LogicalConn::connect(&p1.socket, spec(n), &opts),
-        LogicalConn::connect(&p2.socket, spec(n).reversed(), &opts)
-    );
-    let (mut tx, mut rx) = (tx.expect("sender"), rx.expect("receiver"));
-    let send = async {
-        for i in 0..128 {
-            tx.send_packet(&pattern_payload(u64::from(n), i, 8188))
-                .await
-                .unwrap();
-        }
-        tx.finish().await.unwrap();
-    };
-    let recv = async {
-        let mut i = 0;
-        while let RecvItem::Packet(p) = rx.recv().await.unwrap() {
-            assert_eq!(
-                &p[..],
-                &pattern_payload(u64::from(n), i, 8188)[..],
-                "packet {i}"
-            );
-            i += 1;
-        }
-        i
-    };
-    let ((), got) = tokio::join!(send, recv);
-    assert_eq!(got, 128);
-}
-
 /// Waits until the stand-in no longer holds the path; returns how long.
 async fn taken_back(b: &BuiltinProxy) -> Duration {
     let start = Instant::now();
@@ -161,13 +110,15 @@ async fn the_path_is_taken_back_after_the_built_in_proxy_takes_it_and_again_late
     wait_socket(&p1.socket).await;
     wait_socket(&p2.socket).await;
     p1.wait_for_log("peer dbid 2 (content 0) connected").await;
-    stream_works(&p1, &p2, 1).await;
+    stream_megabyte(&p1.socket, &p2.socket, spec_1_to_2(9, 1), 1, DEADLINE)
+        .await
+        .unwrap();
 
     // A session connected before the takeover keeps working through it.
     let opts = ClientOptions::default();
     let (tx, rx) = tokio::join!(
-        LogicalConn::connect(&p1.socket, spec(2), &opts),
-        LogicalConn::connect(&p2.socket, spec(2).reversed(), &opts)
+        LogicalConn::connect(&p1.socket, spec_1_to_2(9, 2), &opts),
+        LogicalConn::connect(&p2.socket, spec_1_to_2(9, 2).reversed(), &opts)
     );
     let (mut tx, mut rx) = (tx.unwrap(), rx.unwrap());
     tx.send_packet(b"before").await.unwrap();
@@ -182,7 +133,9 @@ async fn the_path_is_taken_back_after_the_built_in_proxy_takes_it_and_again_late
         log.contains("Leave gp_interconnect_proxy_addresses empty"),
         "{log}"
     );
-    stream_works(&p1, &p2, 3).await;
+    stream_megabyte(&p1.socket, &p2.socket, spec_1_to_2(9, 3), 3, DEADLINE)
+        .await
+        .unwrap();
 
     tx.send_packet(b"after").await.unwrap();
     tx.finish().await.unwrap();
@@ -202,7 +155,9 @@ async fn the_path_is_taken_back_after_the_built_in_proxy_takes_it_and_again_late
     assert!(took <= TAKE_BACK + SLACK, "taken back after {took:?}");
     p1.wait_for_log("back from another process (takeover 2)")
         .await;
-    stream_works(&p1, &p2, 4).await;
+    stream_megabyte(&p1.socket, &p2.socket, spec_1_to_2(9, 4), 4, DEADLINE)
+        .await
+        .unwrap();
     // One WARNING, not one per takeover.
     assert_eq!(p1.log().matches("most likely the built-in").count(), 1);
 }
@@ -221,7 +176,9 @@ async fn the_path_is_taken_over_when_the_built_in_proxy_started_first() {
     p1.wait_for_log("most likely the built-in").await;
     wait_socket(&p2.socket).await;
     p1.wait_for_log("peer dbid 2 (content 0) connected").await;
-    stream_works(&p1, &p2, 1).await;
+    stream_megabyte(&p1.socket, &p2.socket, spec_1_to_2(9, 1), 1, DEADLINE)
+        .await
+        .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

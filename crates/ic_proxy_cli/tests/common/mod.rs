@@ -1,11 +1,16 @@
 //! What the tests of real `ic-proxy` processes share: the binary, free
-//! ports, signals and waiting for an exit. Each test file uses a part.
+//! ports, signals, waiting for an exit, and a checked stream between a
+//! backend on dbid 1 and one on dbid 2. Each test file uses a part.
 #![allow(dead_code)]
 
 use std::net::TcpListener;
+use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Output};
 use std::thread;
 use std::time::{Duration, Instant};
+
+use ic_proxy_client::{ClientOptions, ConnSpec, Endpoint, LogicalConn};
+use ic_proxy_tests::{expected_digest, recv_stream, send_stream};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_ic-proxy");
 
@@ -50,4 +55,79 @@ pub fn wait_exit(child: &mut Child, what: &str, within: Duration) -> ExitStatus 
         }
         thread::sleep(POLL);
     }
+}
+
+/// Bytes of each packet a checked stream sends: a full 8 KB ic-tcp packet
+/// less its length field.
+pub const PAYLOAD: usize = 8188;
+/// Packets of a checked stream of at least 1 MiB.
+pub const MEGABYTE_PACKETS: u64 = (1 << 20) / PAYLOAD as u64 + 1;
+
+/// A logical connection from a backend on dbid 1 (content -1) to one on
+/// dbid 2 (content 0).
+pub fn spec_1_to_2(session_id: i32, command_id: u32) -> ConnSpec {
+    ConnSpec {
+        session_id,
+        command_id,
+        send_slice: 1,
+        recv_slice: 0,
+        local: Endpoint {
+            content: -1,
+            dbid: 1,
+            pid: 101,
+        },
+        remote: Endpoint {
+            content: 0,
+            dbid: 2,
+            pid: 202,
+        },
+    }
+}
+
+/// Sends `packets` pattern packets over a connected pair and checks that
+/// the receiver got exactly them, in order, and end of stream, all within
+/// `within`. Err says what went wrong.
+pub async fn carry(
+    tx: LogicalConn,
+    rx: LogicalConn,
+    seed: u64,
+    packets: u64,
+    within: Duration,
+) -> Result<(), String> {
+    let both = async { tokio::join!(send_stream(tx, seed, packets, PAYLOAD), recv_stream(rx)) };
+    let (sent, got) = tokio::time::timeout(within, both)
+        .await
+        .map_err(|_| format!("the stream did not end within {within:?}"))?;
+    let sent = sent.map_err(|e| format!("sender: {e}"))?;
+    let (got, n) = got.map_err(|e| format!("receiver: {e}"))?;
+    let want = expected_digest(seed, packets, PAYLOAD);
+    if sent != want || got != want || n != packets {
+        return Err(format!(
+            "received {n} packets, {} bytes (digest {:x}); sent {packets} packets, {} bytes (digest {:x})",
+            got.bytes(),
+            got.value(),
+            want.bytes(),
+            want.value()
+        ));
+    }
+    Ok(())
+}
+
+/// Connects both ends of `spec` (its sender behind `from`, its receiver
+/// behind `to`) and carries a checked stream of at least 1 MiB.
+pub async fn stream_megabyte(
+    from: &Path,
+    to: &Path,
+    spec: ConnSpec,
+    seed: u64,
+    within: Duration,
+) -> Result<(), String> {
+    let opts = ClientOptions::default();
+    let (tx, rx) = tokio::join!(
+        LogicalConn::connect(from, spec, &opts),
+        LogicalConn::connect(to, spec.reversed(), &opts)
+    );
+    let tx = tx.map_err(|e| format!("sender: {e}"))?;
+    let rx = rx.map_err(|e| format!("receiver: {e}"))?;
+    carry(tx, rx, seed, MEGABYTE_PACKETS, within).await
 }
