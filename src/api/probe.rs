@@ -59,16 +59,16 @@ fn ic_proxy_ping(
     }
     let map = gucs::addresses();
     let (running, last_error) = shmem::with(|a| (a.running, a.last_error()));
-    if gucs::dbid().is_none() || !running {
+    let me = match gucs::dbid() {
+        Some(me) if running => me,
         // Whatever the map says, nothing can be probed: say why.
-        return Ok(TableIterator::new(error_rows(
-            &map,
-            dbid,
-            &not_running_reason(&last_error),
-        )));
-    }
-    let Some(me) = gucs::dbid() else {
-        unreachable!("checked above");
+        _ => {
+            return Ok(TableIterator::new(error_rows(
+                &map,
+                dbid,
+                &not_running_reason(&last_error),
+            )))
+        }
     };
     let Some(my_entry) = map.get(me).cloned() else {
         return Ok(TableIterator::new(error_rows(
