@@ -8,7 +8,7 @@ use std::ffi::{c_char, c_void, CStr, CString};
 use std::path::PathBuf;
 
 use ic_proxy_core::address_map::AddressMap;
-use ic_proxy_core::flow::FlowParams;
+use ic_proxy_core::flow::{FlowParams, FlowParamsError};
 use ic_proxy_core::protocol::{self, Dialect};
 use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting, PostgresGucEnum};
 use pgrx::pg_sys;
@@ -483,14 +483,11 @@ impl std::fmt::Display for FlowProblem {
 
 /// None when the core accepts `p`; otherwise what is wrong and the fix.
 pub fn flow_problem(p: &FlowParams) -> Option<FlowProblem> {
-    let core = p.validate().err()?;
-    let FlowParams {
-        pause_at,
-        resume_at,
-        ack_interval,
-    } = *p;
-    Some(if resume_at >= pause_at {
-        FlowProblem {
+    Some(match p.validate().err()? {
+        FlowParamsError::ResumeNotBelowPause {
+            resume_at,
+            pause_at,
+        } => FlowProblem {
             message: format!(
                 "ic_proxy.flow_resume_threshold ({resume_at}) must be below ic_proxy.flow_pause_threshold ({pause_at})"
             ),
@@ -498,9 +495,11 @@ pub fn flow_problem(p: &FlowParams) -> Option<FlowProblem> {
             hint: format!(
                 "Set ic_proxy.flow_resume_threshold below {pause_at} or ic_proxy.flow_pause_threshold above {resume_at} (C proxy: 100 and 30), then restart the server."
             ),
-        }
-    } else if ack_interval > resume_at + 1 {
-        FlowProblem {
+        },
+        FlowParamsError::AckIntervalAboveResume {
+            ack_interval,
+            resume_at,
+        } => FlowProblem {
             message: format!(
                 "ic_proxy.flow_ack_interval ({ack_interval}) must not exceed ic_proxy.flow_resume_threshold + 1 ({})",
                 resume_at + 1
@@ -511,13 +510,12 @@ pub fn flow_problem(p: &FlowParams) -> Option<FlowProblem> {
                 resume_at + 1,
                 ack_interval - 1
             ),
-        }
-    } else {
-        FlowProblem {
-            message: format!("invalid flow-control settings: {core}"),
+        },
+        other => FlowProblem {
+            message: format!("invalid flow-control settings: {other}"),
             detail: String::new(),
             hint: "Check ic_proxy.flow_pause_threshold, ic_proxy.flow_resume_threshold and ic_proxy.flow_ack_interval (C proxy: 100, 30, 10), then restart the server.".into(),
-        }
+        },
     })
 }
 

@@ -27,25 +27,39 @@ impl FlowParams {
     /// A paused sender must be able to resume: after the receiver has
     /// acknowledged everything it can, at most `ack_interval - 1` packets stay
     /// unacknowledged, which must not exceed `resume_at`.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), FlowParamsError> {
         if self.ack_interval == 0 {
-            return Err("the DATA_ACK interval must be at least 1".into());
+            return Err(FlowParamsError::NoAckInterval);
         }
         if self.resume_at >= self.pause_at {
-            return Err(format!(
-                "the resume threshold ({}) must be below the pause threshold ({})",
-                self.resume_at, self.pause_at
-            ));
+            return Err(FlowParamsError::ResumeNotBelowPause {
+                resume_at: self.resume_at,
+                pause_at: self.pause_at,
+            });
         }
         if self.ack_interval > self.resume_at + 1 {
-            return Err(format!(
-                "the DATA_ACK interval ({}) must not exceed the resume threshold + 1 ({}), or a paused sender never resumes",
-                self.ack_interval,
-                self.resume_at + 1
-            ));
+            return Err(FlowParamsError::AckIntervalAboveResume {
+                ack_interval: self.ack_interval,
+                resume_at: self.resume_at,
+            });
         }
         Ok(())
     }
+}
+
+/// Flow-control parameters that cannot work, and which rule they break.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum FlowParamsError {
+    #[error("the DATA_ACK interval must be at least 1")]
+    NoAckInterval,
+    #[error("the resume threshold ({resume_at}) must be below the pause threshold ({pause_at})")]
+    ResumeNotBelowPause { resume_at: u32, pause_at: u32 },
+    #[error(
+        "the DATA_ACK interval ({ack_interval}) must not exceed the resume threshold + 1 ({}), or a paused sender never resumes",
+        resume_at + 1
+    )]
+    AckIntervalAboveResume { ack_interval: u32, resume_at: u32 },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -186,27 +200,33 @@ mod tests {
     #[test]
     fn validate_rejects_parameters_that_stall() {
         assert!(P.validate().is_ok());
-        assert!(FlowParams {
-            pause_at: 30,
-            resume_at: 30,
-            ack_interval: 10
-        }
-        .validate()
-        .is_err());
-        assert!(FlowParams {
-            pause_at: 100,
-            resume_at: 5,
-            ack_interval: 10
-        }
-        .validate()
-        .is_err());
-        assert!(FlowParams {
-            pause_at: 100,
-            resume_at: 30,
-            ack_interval: 0
-        }
-        .validate()
-        .is_err());
+        let params = |pause_at, resume_at, ack_interval| FlowParams {
+            pause_at,
+            resume_at,
+            ack_interval,
+        };
+        assert_eq!(
+            params(30, 30, 10).validate(),
+            Err(FlowParamsError::ResumeNotBelowPause {
+                resume_at: 30,
+                pause_at: 30
+            })
+        );
+        assert_eq!(
+            params(100, 5, 10).validate(),
+            Err(FlowParamsError::AckIntervalAboveResume {
+                ack_interval: 10,
+                resume_at: 5
+            })
+        );
+        assert_eq!(
+            params(100, 30, 0).validate(),
+            Err(FlowParamsError::NoAckInterval)
+        );
+        assert_eq!(
+            params(100, 5, 10).validate().unwrap_err().to_string(),
+            "the DATA_ACK interval (10) must not exceed the resume threshold + 1 (6), or a paused sender never resumes"
+        );
     }
 
     #[test]

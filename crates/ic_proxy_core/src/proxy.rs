@@ -43,7 +43,7 @@ pub struct Listeners {
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
     #[error("invalid flow-control settings: {0}")]
-    Flow(String),
+    Flow(crate::flow::FlowParamsError),
     #[error("cannot use the listener: {0}")]
     Listener(io::Error),
 }
