@@ -90,13 +90,7 @@ fn ic_proxy_ping(
                 )]))
             }
         },
-        // Every entry traffic can flow to: not ourselves, not our own content.
-        None => map
-            .entries()
-            .iter()
-            .filter(|e| e.dbid != me && e.content != my_entry.content)
-            .cloned()
-            .collect(),
+        None => map.linked_to(me),
     };
     let states = shmem::with(|a| {
         a.rows()

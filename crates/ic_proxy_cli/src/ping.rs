@@ -124,16 +124,9 @@ fn plan(view: &ProxyView, which: Option<u16>) -> (Vec<PingRow>, Option<Probes>) 
                 )
             }
         },
-        None => match map.get(me) {
-            // Every entry traffic can flow to: not ourselves, not our own content.
-            Some(mine) => map
-                .entries()
-                .iter()
-                .filter(|e| e.dbid != me && e.content != mine.content)
-                .cloned()
-                .collect(),
-            None => map.entries().to_vec(),
-        },
+        None if map.get(me).is_some() => map.linked_to(me),
+        // Not in the map: every entry gets the reason below.
+        None => map.entries().to_vec(),
     };
     let Some(mine) = map.get(me).cloned() else {
         let why = format!("this instance's dbid {me} is not in the address map");

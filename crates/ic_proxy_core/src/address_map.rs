@@ -135,6 +135,20 @@ impl AddressMap {
         self.entries.iter().find(|peer| peer.dbid == dbid)
     }
 
+    /// The entries instance `me` exchanges traffic with: every other one
+    /// except those of its own content (its mirror, or the coordinator's
+    /// standby). Empty when `me` is not in the map.
+    pub fn linked_to(&self, me: u16) -> Vec<PeerAddr> {
+        let Some(mine) = self.get(me) else {
+            return Vec::new();
+        };
+        self.entries
+            .iter()
+            .filter(|e| e.dbid != me && e.content != mine.content)
+            .cloned()
+            .collect()
+    }
+
     pub fn len(&self) -> usize {
         self.entries.len()
     }
@@ -1647,6 +1661,21 @@ mod tests {
             err.hint(),
             "Write each entry as dbid:content:host:port, for example 1:-1:cdw:7000,2:0:sdw1:7002."
         );
+    }
+
+    #[test]
+    fn an_instance_is_linked_to_every_other_content_not_to_its_own() {
+        // Coordinator 1 and its standby 2 (content -1), primary 3 and its
+        // mirror 4 (content 0), primary 5 (content 1).
+        let m = AddressMap::parse(
+            "1:-1:cdw:7000,2:-1:scdw:7000,3:0:sdw1:7001,4:0:sdw2:7001,5:1:sdw2:7002",
+        )
+        .unwrap();
+        let dbids = |me| m.linked_to(me).iter().map(|e| e.dbid).collect::<Vec<_>>();
+        assert_eq!(dbids(1), [3, 4, 5]);
+        assert_eq!(dbids(3), [1, 2, 5]);
+        assert_eq!(dbids(5), [1, 2, 3, 4]);
+        assert!(dbids(9).is_empty());
     }
 
     #[test]
