@@ -57,6 +57,16 @@ impl Ctx {
     pub fn retry_interval(&self) -> Duration {
         self.policy.retry_interval()
     }
+
+    /// A connection refused (at its admission or in its handshake): counted
+    /// in `rejected_connections` and logged rate-limited.
+    pub fn refuse(&self, line: impl FnOnce() -> String) {
+        self.status
+            .counters
+            .rejected_connections
+            .fetch_add(1, Relaxed);
+        self.refusals.warn("refused connections", line);
+    }
 }
 
 /// What a reload changes about linking to peers: this instance's content

@@ -400,9 +400,7 @@ fn admit_peer(
             Err(refusal) => refusal.to_string(),
         },
     };
-    refuse_connection(ctx, || {
-        format!("ic-proxy: refused peer connection from {from}: {why}")
-    });
+    ctx.refuse(|| format!("ic-proxy: refused peer connection from {from}: {why}"));
     None
 }
 
@@ -412,19 +410,9 @@ fn admit_backend(ctx: &Ctx, pending: &Arc<PendingLimits>) -> Option<Pending> {
     pending
         .admit(None)
         .inspect_err(|refusal| {
-            refuse_connection(ctx, || {
-                format!("ic-proxy: refused backend connection: {refusal}")
-            })
+            ctx.refuse(|| format!("ic-proxy: refused backend connection: {refusal}"))
         })
         .ok()
-}
-
-fn refuse_connection(ctx: &Ctx, line: impl FnOnce() -> String) {
-    ctx.status
-        .counters
-        .rejected_connections
-        .fetch_add(1, Relaxed);
-    ctx.refusals.warn("refused connections", line);
 }
 
 /// What a listener keeps to get past a failed accept without spinning.
@@ -472,7 +460,7 @@ impl AcceptRecovery {
                     Poll::Pending => return true,
                     Poll::Ready(Ok(())) => {
                         let limit = self.nofile.map_or("unlimited".into(), |n| n.to_string());
-                        refuse_connection(ctx, || {
+                        ctx.refuse(|| {
                             format!(
                                 "ic-proxy: accepting a {what} connection failed ({e}); closed it with the spare descriptor; raise the open files limit ({limit})"
                             )

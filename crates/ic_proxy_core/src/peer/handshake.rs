@@ -313,13 +313,7 @@ pub(crate) async fn accept_peer(
 }
 
 fn reject(ctx: &Ctx, from: SocketAddr, why: &str) {
-    ctx.status
-        .counters
-        .rejected_connections
-        .fetch_add(1, Relaxed);
-    ctx.refusals.warn("refused connections", || {
-        format!("ic-proxy: refused peer connection from {from}: {why}")
-    });
+    ctx.refuse(|| format!("ic-proxy: refused peer connection from {from}: {why}"));
 }
 
 fn invalid(msg: String) -> io::Error {

@@ -156,11 +156,5 @@ pub(crate) async fn run_session(
 }
 
 fn refuse(ctx: &Ctx, why: &str) {
-    ctx.status
-        .counters
-        .rejected_connections
-        .fetch_add(1, Relaxed);
-    ctx.refusals.warn("refused connections", || {
-        format!("ic-proxy: refused backend connection: {why}")
-    });
+    ctx.refuse(|| format!("ic-proxy: refused backend connection: {why}"));
 }
