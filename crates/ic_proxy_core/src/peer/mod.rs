@@ -142,23 +142,20 @@ impl PeerSlot {
             // Turned off: links made with a secret are no less trusted.
             return;
         };
-        let stale = {
-            let used = self.link_secret.lock();
-            self.is_up() && used.as_deref() != Some(&**required)
-        };
-        if stale {
-            let why = if self.link_secret.lock().is_none() {
-                "the link was not authenticated and a reload turned peer authentication on"
-            } else {
-                "a reload changed the peer authentication secret"
-            };
-            log::warn!(
-                "ic-proxy: peer dbid {}: {why}; ending the link to make it again with the current secret",
-                self.addr.dbid
-            );
-            *self.end_reason.lock() = Some(format!("{why}; linking again"));
-            self.end_link();
+        if !self.is_up() {
+            return;
         }
+        let why = match self.link_secret.lock().as_deref() {
+            Some(used) if used == &**required => return,
+            None => "the link was not authenticated and a reload turned peer authentication on",
+            Some(_) => "a reload changed the peer authentication secret",
+        };
+        log::warn!(
+            "ic-proxy: peer dbid {}: {why}; ending the link to make it again with the current secret",
+            self.addr.dbid
+        );
+        *self.end_reason.lock() = Some(format!("{why}; linking again"));
+        self.end_link();
     }
 
     /// Ends the link in use (the peer task then takes the next one).
