@@ -14,6 +14,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::ProxySettings;
 use crate::log_limit::LogLimit;
+use crate::pending::AdmissionCaps;
 use crate::protocol::{IcTcpFramer, PacketDecoder};
 use crate::route::Registry;
 use crate::status::StatusBoard;
@@ -42,6 +43,9 @@ pub(crate) struct Ctx {
     pub drops: LogLimit,
     /// Notified each time the last open session ends (stop waits for it).
     pub sessions_done: Notify,
+    /// Caps on connections in their handshake, from the descriptor limit at
+    /// start.
+    pub caps: AdmissionCaps,
 }
 
 impl Ctx {

@@ -63,6 +63,16 @@ pub async fn run(
 ) -> Result<(), ProxyError> {
     settings.flow.validate().map_err(ProxyError::Flow)?;
     let cfg = config.borrow_and_update().clone();
+    // The admission caps follow the descriptor limit at start.
+    let caps = AdmissionCaps::new(&settings, soft_nofile_limit());
+    log::info!(
+        "ic-proxy: connections in their handshake: at most {} from peers ({} per address), {} from backends; the peer listener leaves the last {} descriptors (open files limit {}) to backends",
+        caps.pending_peers,
+        caps.pending_peers_per_source,
+        caps.pending_backends,
+        caps.reserve,
+        caps.nofile.map_or("unlimited".into(), |n| n.to_string())
+    );
     let (registry, owed) =
         Registry::new(status.clone(), cfg.early_cache_bytes, cfg.early_packet_ttl);
     let ctx = Arc::new(Ctx {
@@ -80,6 +90,7 @@ pub async fn run(
         refusals: LogLimit::default(),
         drops: LogLimit::default(),
         sessions_done: tokio::sync::Notify::new(),
+        caps,
     });
     log::info!(
         "ic-proxy: starting: dbid {}, dialect {}, max packet size {}",
@@ -310,7 +321,7 @@ async fn serve_peers(
     mut injected: Option<TcpListener>,
     token: CancellationToken,
 ) {
-    let caps = AdmissionCaps::new(&ctx.settings, soft_nofile_limit());
+    let caps = ctx.caps;
     let pending = PendingLimits::new(caps.pending_peers, caps.pending_peers_per_source);
     let mut recovery = AcceptRecovery::new("peer", &caps);
     let mut last_error = String::new();
@@ -598,15 +609,7 @@ async fn serve_backends(
 ) {
     let mut injected = injected;
     let mut last_error = String::new();
-    let caps = AdmissionCaps::new(&ctx.settings, soft_nofile_limit());
-    log::info!(
-        "ic-proxy: connections in their handshake: at most {} from peers ({} per address), {} from backends; the peer listener leaves the last {} descriptors (open files limit {}) to backends",
-        caps.pending_peers,
-        caps.pending_peers_per_source,
-        caps.pending_backends,
-        caps.reserve,
-        caps.nofile.map_or("unlimited".into(), |n| n.to_string())
-    );
+    let caps = ctx.caps;
     let pending = PendingLimits::new(caps.pending_backends, caps.pending_backends);
     let mut recovery = AcceptRecovery::new("backend", &caps);
     let mut guard = PathGuard {
