@@ -55,19 +55,34 @@ async fn refused(
         p.status.snapshot().auth_failures >= 2
     })
     .await;
-    for p in &mesh.proxies {
-        let s = p.status.snapshot();
-        let other = s
+    let link_state = |p: &TestProxy| {
+        p.status
+            .snapshot()
             .peers
             .iter()
             .find(|x| x.state != PeerState::SelfEntry)
-            .unwrap();
-        assert_ne!(
-            other.state,
-            PeerState::Connected,
-            "dbid {} linked despite the refusal",
-            p.addr.dbid
-        );
+            .unwrap()
+            .state
+    };
+    // The end that refused never links.
+    assert_ne!(
+        link_state(p),
+        PeerState::Connected,
+        "dbid {counted_on} linked despite its refusal"
+    );
+    // The other end cannot know before the refusing end closes (a link it
+    // accepted, or one whose challenge it never answered): its link is
+    // gone within a second of that.
+    for other in mesh.proxies.iter().filter(|x| x.addr.dbid != counted_on) {
+        let start = std::time::Instant::now();
+        while link_state(other) == PeerState::Connected {
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(1),
+                "dbid {} stays linked after the refusal",
+                other.addr.dbid
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
     }
     mesh
 }
