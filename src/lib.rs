@@ -14,6 +14,7 @@ use pgrx::prelude::*;
 mod api;
 mod errors;
 mod gucs;
+mod log_bridge;
 mod shmem;
 mod worker;
 

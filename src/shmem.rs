@@ -7,7 +7,7 @@
 //! that do not fit are counted, never dropped silently.
 
 use ic_proxy_core::address_map::AddressMap;
-use ic_proxy_core::{PeerState, StatusSnapshot};
+use ic_proxy_core::{PeerState, PeerTraffic, StatusSnapshot};
 use pgrx::prelude::*;
 use pgrx::{pg_shmem_init, PGRXSharedMemory, PgLwLock};
 
@@ -32,15 +32,7 @@ pub struct PeerRow {
     pub content: i16,
     pub port: u16,
     pub state: u8,
-    pub since_ms: u64,
-    pub bytes_in: u64,
-    pub bytes_out: u64,
-    pub packets_in: u64,
-    pub packets_out: u64,
-    pub logical_conns: u64,
-    pub cached_bytes: u64,
-    pub drops: u64,
-    pub reconnects: u64,
+    pub traffic: PeerTraffic,
     host: [u8; HOST],
     last_error: [u8; TEXT],
 }
@@ -282,15 +274,7 @@ pub fn publish(id: &Identity<'_>, s: &StatusSnapshot, running: bool) {
         row.content = p.addr.content;
         row.port = p.addr.port;
         row.state = p.state.code();
-        row.since_ms = p.since_ms;
-        row.bytes_in = p.bytes_in;
-        row.bytes_out = p.bytes_out;
-        row.packets_in = p.packets_in;
-        row.packets_out = p.packets_out;
-        row.logical_conns = p.logical_conns;
-        row.cached_bytes = p.cached_bytes;
-        row.drops = p.drops;
-        row.reconnects = p.reconnects;
+        row.traffic = p.traffic;
         put(&mut row.host, &p.addr.host);
         put(&mut row.last_error, &p.last_error);
     }

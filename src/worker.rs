@@ -5,19 +5,17 @@
 //! call PostgreSQL: they talk to this thread through a channel, a watch and
 //! atomics.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
 use std::time::Duration;
 
-use ic_proxy_core::{run, socket_path, Listeners, ProxySettings, RuntimeConfig, StatusBoard};
+use ic_proxy_core::{socket_path, Listeners, ProxyHandle, ProxySettings, RuntimeConfig, StopError};
 use pgrx::bgworkers::{
     BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags,
 };
 use pgrx::prelude::*;
-use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
 
+use crate::log_bridge::LogBridge;
 use crate::{gucs, shmem};
 
 /// How often the main thread wakes to publish status and drain the log.
@@ -37,78 +35,6 @@ pub fn register() {
         .set_start_time(BgWorkerStartTime::RecoveryFinished)
         .set_restart_time(Some(Duration::from_secs(1)))
         .load();
-}
-
-// ---- the log bridge ----------------------------------------------------------
-
-struct Line {
-    level: log::Level,
-    text: String,
-}
-
-/// Runtime threads push log lines here; only the main thread writes them
-/// out with elog. A full queue drops lines (and counts them) rather than
-/// slowing the data path.
-struct ChannelLog {
-    tx: SyncSender<Line>,
-    dropped: AtomicU64,
-}
-
-static LOGGER: OnceLock<ChannelLog> = OnceLock::new();
-
-impl log::Log for ChannelLog {
-    fn enabled(&self, m: &log::Metadata) -> bool {
-        m.level() <= log::max_level()
-    }
-    fn log(&self, r: &log::Record) {
-        if !self.enabled(r.metadata()) {
-            return;
-        }
-        let line = Line {
-            level: r.level(),
-            text: r.args().to_string(),
-        };
-        if let Err(TrySendError::Full(_)) = self.tx.try_send(line) {
-            self.dropped.fetch_add(1, Relaxed);
-        }
-    }
-    fn flush(&self) {}
-}
-
-fn install_logger() -> Receiver<Line> {
-    let (tx, rx) = sync_channel(4096);
-    let _ = LOGGER.set(ChannelLog {
-        tx,
-        dropped: AtomicU64::new(0),
-    });
-    if let Some(l) = LOGGER.get() {
-        let _ = log::set_logger(l);
-    }
-    set_log_level();
-    rx
-}
-
-fn set_log_level() {
-    log::set_max_level(match gucs::log_verbosity() {
-        gucs::LogVerbosity::Terse => log::LevelFilter::Info,
-        gucs::LogVerbosity::Verbose => log::LevelFilter::Debug,
-        gucs::LogVerbosity::Debug => log::LevelFilter::Trace,
-    });
-}
-
-fn drain_log(rx: &Receiver<Line>) {
-    while let Ok(l) = rx.try_recv() {
-        match l.level {
-            log::Level::Error | log::Level::Warn => warning!("{}", l.text),
-            _ => log!("{}", l.text),
-        }
-    }
-    if let Some(l) = LOGGER.get() {
-        let n = l.dropped.swap(0, Relaxed);
-        if n > 0 {
-            warning!("ic-proxy: {n} log lines were dropped (the log queue was full)");
-        }
-    }
 }
 
 // ---- configuration -------------------------------------------------------------
@@ -161,15 +87,46 @@ fn with_signals_blocked<T>(f: impl FnOnce() -> T) -> T {
     }
 }
 
+/// How the latch loop ended.
+enum Exit {
+    /// SIGTERM: a clean stop.
+    Stop,
+    /// The runtime ended by itself (a failure): stop, and be restarted.
+    Failed,
+    /// No one left to serve: stop at once.
+    PostmasterDied,
+}
+
 #[pg_guard]
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn ic_proxy_worker_main(_arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
-    let logs = install_logger();
+    let logs = LogBridge::install();
+    let Some(settings) = settings_from_gucs() else {
+        return; // exit 0: not restarted; the reason is logged and shown
+    };
+    let fd_limits = raise_fd_limit();
+    let threads = gucs::worker_threads();
+    let runtime = start_runtime(threads);
+    let mut proxy = ProxyHandle::new(runtime_config(None));
+    let counters = &proxy.status().counters;
+    counters.fd_soft_limit.store(fd_limits.soft, Relaxed);
+    counters.fd_hard_limit.store(fd_limits.hard, Relaxed);
+    let shown = Shown::new(&settings, threads);
+    with_signals_blocked(|| proxy.spawn(runtime.handle(), settings, Listeners::default()));
+    log!("ic-proxy: started (dbid {}, socket {}, dialect {}, {threads} threads, open files limit {fd_limits})",
+        shown.dbid, shown.socket_path.display(), shown.dialect);
+    let exit = serve(&mut proxy, &logs, &shown);
+    stop(runtime, proxy, exit, &logs, &shown);
+}
+
+/// The proxy's settings from the GUCs; None (logged, and shown in
+/// `ic_proxy_info()`) when the proxy must stay off until a restart.
+fn settings_from_gucs() -> Option<ProxySettings> {
     let Some(dbid) = gucs::dbid() else {
         log!("ic-proxy: ic_proxy.dbid is not set; the proxy stays off (set it and restart the server to start it)");
         shmem::mark_stopped("");
-        return; // exit 0: not restarted
+        return None;
     };
     let (port, postmaster_pid, my_pid) = unsafe {
         (
@@ -179,7 +136,7 @@ pub extern "C-unwind" fn ic_proxy_worker_main(_arg: pg_sys::Datum) {
         )
     };
     let socket = socket_path(&gucs::socket_dir(), port, postmaster_pid);
-    let mut settings = ProxySettings::new(dbid, socket.clone());
+    let mut settings = ProxySettings::new(dbid, socket);
     settings.pid = my_pid;
     settings.dialect = gucs::dialect();
     settings.max_packet_size = gucs::max_packet_size();
@@ -204,19 +161,27 @@ pub extern "C-unwind" fn ic_proxy_worker_main(_arg: pg_sys::Datum) {
         }
         report.report(PgLogLevel::WARNING);
         shmem::mark_stopped(&format!("{}. {}", problem.message, problem.hint));
-        return;
+        return None;
     }
-    // Every link and logical connection holds a descriptor: raise the soft
-    // limit before the runtime's threads exist, so they all have it.
-    let fd_limits = match ic_proxy_core::fd_limit::raise_nofile() {
+    Some(settings)
+}
+
+/// Every link and logical connection holds a descriptor: the soft limit is
+/// raised before the runtime's threads exist, so they all have it.
+fn raise_fd_limit() -> ic_proxy_core::fd_limit::FdLimits {
+    match ic_proxy_core::fd_limit::raise_nofile() {
         Ok(l) => l,
         Err(e) => {
             let l = ic_proxy_core::fd_limit::nofile();
             warning!("ic-proxy: cannot raise the open files limit: {e}; it stays at {l}");
             l
         }
-    };
-    let threads = gucs::worker_threads();
+    }
+}
+
+/// The tokio runtime, its threads started with every signal blocked; a
+/// runtime that cannot start ends the worker (it is restarted).
+fn start_runtime(threads: usize) -> tokio::runtime::Runtime {
     let runtime = with_signals_blocked(|| {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads)
@@ -224,52 +189,60 @@ pub extern "C-unwind" fn ic_proxy_worker_main(_arg: pg_sys::Datum) {
             .enable_all()
             .build()
     });
-    let runtime = match runtime {
+    match runtime {
         Ok(r) => r,
         Err(e) => {
             warning!("ic-proxy: cannot start the runtime: {e}");
             shmem::mark_stopped(&format!("cannot start the runtime: {e}"));
-            unsafe { pg_sys::proc_exit(1) };
+            unsafe { pg_sys::proc_exit(1) }
         }
-    };
-    let first = runtime_config(None);
-    // The map the runtime has, for the status rows and this instance's content.
-    let mut map = first.map.clone();
-    let (config_tx, config_rx) = watch::channel(Arc::new(first));
-    let status = StatusBoard::new();
-    status.counters.fd_soft_limit.store(fd_limits.soft, Relaxed);
-    status.counters.fd_hard_limit.store(fd_limits.hard, Relaxed);
-    let shutdown = CancellationToken::new();
-    let identity_socket = socket.display().to_string();
-    let dialect_name = settings.dialect.name();
-    let max_packet = settings.max_packet_size as u32;
-    let handle = {
-        let (settings, status, shutdown) = (settings, status.clone(), shutdown.clone());
-        with_signals_blocked(|| {
-            runtime.spawn(async move {
-                run(settings, config_rx, Listeners::default(), shutdown, status).await
-            })
-        })
-    };
-    log!("ic-proxy: started (dbid {dbid}, socket {identity_socket}, dialect {dialect_name}, {threads} threads, open files limit {fd_limits})");
+    }
+}
 
-    let publish = |map: &ic_proxy_core::address_map::AddressMap, running: bool| {
-        let content = map.get(dbid).map(|e| e.content);
-        let id = shmem::Identity {
-            worker_pid: my_pid,
-            dbid,
-            content,
+/// What the worker shows in shared memory besides the status board.
+struct Shown {
+    worker_pid: i32,
+    dbid: u16,
+    threads: u16,
+    dialect: &'static str,
+    max_packet_size: u32,
+    socket_path: std::path::PathBuf,
+}
+
+impl Shown {
+    fn new(settings: &ProxySettings, threads: usize) -> Shown {
+        Shown {
+            worker_pid: settings.pid,
+            dbid: settings.dbid,
             threads: threads as u16,
-            dialect: dialect_name,
-            max_packet_size: max_packet,
-            socket_path: &identity_socket,
-            map,
-        };
-        shmem::publish(&id, &status.snapshot(), running);
-    };
+            dialect: settings.dialect.name(),
+            max_packet_size: settings.max_packet_size as u32,
+            socket_path: settings.socket_path.clone(),
+        }
+    }
 
-    let mut exit_code = 0;
-    let mut trim = ic_proxy_core::TrimPolicy::default();
+    /// Writes the proxy's state into shared memory.
+    fn publish(&self, proxy: &ProxyHandle) {
+        let config = proxy.current();
+        let socket = self.socket_path.display().to_string();
+        let id = shmem::Identity {
+            worker_pid: self.worker_pid,
+            dbid: self.dbid,
+            content: config.map.get(self.dbid).map(|e| e.content),
+            threads: self.threads,
+            dialect: self.dialect,
+            max_packet_size: self.max_packet_size,
+            socket_path: &socket,
+            map: &config.map,
+        };
+        shmem::publish(&id, &proxy.status().snapshot(), true);
+    }
+}
+
+/// The latch loop: reloads on SIGHUP, writes the log, publishes the status
+/// and trims memory, until SIGTERM, the postmaster's death, or the
+/// runtime's failure.
+fn serve(proxy: &mut ProxyHandle, logs: &LogBridge, shown: &Shown) -> Exit {
     let mut trim_checked = std::time::Instant::now();
     loop {
         let rc = unsafe {
@@ -283,68 +256,70 @@ pub extern "C-unwind" fn ic_proxy_worker_main(_arg: pg_sys::Datum) {
             rc
         };
         if rc & pg_sys::WL_POSTMASTER_DEATH as i32 != 0 {
-            // No one to serve: stop at once, without the grace period.
-            shutdown.cancel();
-            runtime.shutdown_timeout(Duration::from_millis(200));
-            let _ = std::fs::remove_file(&socket);
-            unsafe { pg_sys::proc_exit(1) };
+            return Exit::PostmasterDied;
         }
         if BackgroundWorker::sigterm_received() {
-            break;
+            return Exit::Stop;
         }
         if BackgroundWorker::sighup_received() {
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
-            set_log_level();
-            let next = runtime_config(Some(&config_tx.borrow()));
-            let changed = config_tx.send_if_modified(|cur| {
-                if **cur == next {
-                    false
-                } else {
-                    *cur = Arc::new(next.clone());
-                    true
-                }
-            });
-            if changed {
-                map = next.map.clone();
-                log!(
-                    "ic-proxy: configuration reloaded ({} entries in the map)",
-                    next.map.len()
-                );
+            LogBridge::follow_settings();
+            let next = runtime_config(Some(&proxy.current()));
+            let entries = next.map.len();
+            if proxy.reload(next) {
+                log!("ic-proxy: configuration reloaded ({entries} entries in the map)");
             }
         }
-        drain_log(&logs);
+        logs.drain();
         // Once the proxy went quiet after work, give back what the work left.
         if trim_checked.elapsed() >= TRIM_EVERY {
             trim_checked = std::time::Instant::now();
-            if trim.tick(&status) {
+            if proxy.trim_due() {
                 // SAFETY: malloc_trim takes no pointer and only walks the C
                 // library's own free lists; any thread may call it.
                 unsafe { libc::malloc_trim(0) };
             }
         }
-        if handle.is_finished() {
+        if proxy.is_finished() {
             warning!("ic-proxy: the proxy runtime stopped unexpectedly; restarting the worker");
-            exit_code = 1;
-            break;
+            return Exit::Failed;
         }
-        publish(&map, true);
+        shown.publish(proxy);
     }
+}
 
-    shutdown.cancel();
-    let stopped = runtime.block_on(async { tokio::time::timeout(STOP_GRACE, handle).await });
-    if let Ok(Ok(Err(e))) = &stopped {
+/// Stops the runtime (within [`STOP_GRACE`], or at once when the
+/// postmaster died) and ends the worker: exit 1 makes the postmaster
+/// restart it.
+fn stop(
+    runtime: tokio::runtime::Runtime,
+    proxy: ProxyHandle,
+    exit: Exit,
+    logs: &LogBridge,
+    shown: &Shown,
+) {
+    if let Exit::PostmasterDied = exit {
+        proxy.cancel();
+        runtime.shutdown_timeout(Duration::from_millis(200));
+        let _ = std::fs::remove_file(&shown.socket_path);
+        unsafe { pg_sys::proc_exit(1) };
+    }
+    let mut failed = matches!(exit, Exit::Failed);
+    // A runtime that stopped late, or whose task failed while stopping, was
+    // still asked to stop: only its own error makes the worker restart.
+    if let Err(StopError::Failed(e)) = runtime.block_on(proxy.stop(STOP_GRACE)) {
         warning!("ic-proxy: {e}");
-        exit_code = 1;
+        failed = true;
     }
     runtime.shutdown_timeout(Duration::from_millis(500));
-    drain_log(&logs);
-    shmem::mark_stopped(if exit_code == 0 {
-        ""
-    } else {
+    logs.drain();
+    shmem::mark_stopped(if failed {
         "the proxy runtime failed (see the server log); the worker restarts"
+    } else {
+        ""
     });
     log!("ic-proxy: stopped");
-    if exit_code != 0 {
-        unsafe { pg_sys::proc_exit(exit_code) };
+    if failed {
+        unsafe { pg_sys::proc_exit(1) };
     }
 }

@@ -10,11 +10,9 @@ use std::time::{Duration, Instant};
 use ic_proxy_client::pattern_payload;
 use ic_proxy_core::address_map::{AddressMap, PeerAddr};
 use ic_proxy_core::{
-    bind_backend_socket, run, Listeners, PeerState, ProxySettings, RuntimeConfig, StatusBoard,
+    bind_backend_socket, Listeners, PeerState, ProxyHandle, ProxySettings, RuntimeConfig,
 };
-use tokio::sync::watch;
 use tokio::task::JoinSet;
-use tokio_util::sync::CancellationToken;
 
 use crate::cluster::{free_ports, ProxyProc};
 use crate::machine::rss_bytes;
@@ -158,20 +156,16 @@ pub async fn mesh(bin: &Path, peers: usize, deadline: Duration) -> Result<MeshOu
         settings.pid = 100_000 + i32::from(me.dbid);
         let map =
             AddressMap::from_entries(vec![hub.clone(), me.clone()]).map_err(|e| e.to_string())?;
-        let (_tx, rx) = watch::channel(Arc::new(RuntimeConfig::new(map)));
-        let status = StatusBoard::new();
-        let shutdown = CancellationToken::new();
-        let handle = tokio::spawn(run(
+        let mut proxy = ProxyHandle::new(RuntimeConfig::new(map));
+        proxy.spawn(
+            &tokio::runtime::Handle::current(),
             settings,
-            rx,
             Listeners {
                 peer: Some(l),
                 backend: Some(backend),
             },
-            shutdown.clone(),
-            status.clone(),
-        ));
-        running.push((status, shutdown, handle, _tx));
+        );
+        running.push((proxy.status().clone(), proxy));
     }
     let outcome = async {
         loop {
@@ -211,11 +205,11 @@ pub async fn mesh(bin: &Path, peers: usize, deadline: Duration) -> Result<MeshOu
         })
     }
     .await;
-    for (_, shutdown, ..) in &running {
-        shutdown.cancel();
+    for (_, proxy) in &running {
+        proxy.cancel();
     }
-    for (_, _, handle, _) in running {
-        let _ = tokio::time::timeout(Duration::from_secs(5), handle).await;
+    for (_, proxy) in running {
+        let _ = proxy.stop(Duration::from_secs(5)).await;
     }
     drop(hub_proc);
     outcome

@@ -9,9 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ic_proxy_core::address_map::AddressMap;
-use ic_proxy_core::{run, Listeners, ProxySettings, RuntimeConfig, StatusBoard};
+use ic_proxy_core::{Listeners, ProxyHandle, ProxySettings, RuntimeConfig, StopError};
 use tokio::signal::unix::{signal, Signal, SignalKind};
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::args::RunArgs;
@@ -22,6 +21,8 @@ use crate::{count, EXIT_FAILURE, EXIT_USAGE};
 /// How long runtime threads may linger once the proxy has stopped; the core
 /// already bounds its own stop.
 const RUNTIME_GRACE: Duration = Duration::from_secs(1);
+/// How long the proxy may take to stop (the core bounds it to about 3 s).
+const STOP_GRACE: Duration = Duration::from_secs(10);
 
 pub fn run_proxy(args: RunArgs) -> ExitCode {
     let source = match (&args.addresses, &args.addresses_file) {
@@ -169,51 +170,49 @@ async fn serve(
         peer_address(&config.map, settings.dbid)
     );
 
-    let (config_tx, config_rx) = watch::channel(Arc::new(config));
-    let shutdown = CancellationToken::new();
-    let status = StatusBoard::new();
-    status.counters.fd_soft_limit.store(fd_limits.soft, Relaxed);
-    status.counters.fd_hard_limit.store(fd_limits.hard, Relaxed);
+    let mut proxy = ProxyHandle::new(config);
+    let counters = &proxy.status().counters;
+    counters.fd_soft_limit.store(fd_limits.soft, Relaxed);
+    counters.fd_hard_limit.store(fd_limits.hard, Relaxed);
+    // The observers and the follower; the proxy has its own stop.
+    let host = CancellationToken::new();
     let view = crate::view::ProxyView::new(
         &settings,
         observe.threads,
-        status.clone(),
-        config_rx.clone(),
+        proxy.status().clone(),
+        proxy.config(),
     );
-    let observers =
-        match crate::control::Observers::start(&observe, Arc::new(view), &shutdown).await {
-            Ok(o) => o,
-            Err(e) => {
-                log::error!("ic-proxy: {e}");
-                return ExitCode::from(EXIT_USAGE);
-            }
-        };
+    let observers = match crate::control::Observers::start(&observe, Arc::new(view), &host).await {
+        Ok(o) => o,
+        Err(e) => {
+            log::error!("ic-proxy: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
     if let Some(follower) = follower {
-        tokio::spawn(follower.follow(config_tx.clone(), shutdown.clone()));
+        tokio::spawn(follower.follow(proxy.config_sender(), host.clone()));
     }
-    let mut proxy = tokio::spawn(run(
+    proxy.spawn(
+        &tokio::runtime::Handle::current(),
         settings,
-        config_rx,
         Listeners::default(),
-        shutdown.clone(),
-        status.clone(),
-    ));
+    );
     let mut trim_tick = tokio::time::interval(crate::memory::TRIM_EVERY);
-    let mut trim = ic_proxy_core::TrimPolicy::default();
     loop {
         tokio::select! {
             _ = trim_tick.tick() => {
-                if trim.tick(&status) {
+                if proxy.trim_due() {
                     crate::memory::release_free_memory();
                 }
             }
-            ended = &mut proxy => {
-                // Only a failure ends the runtime before it is cancelled.
+            ended = proxy.ended() => {
+                // Only a failure ends the runtime before it is stopped.
+                host.cancel();
                 return exit_code(ended);
             }
             _ = signals.hangup.recv() => {
-                reload(&source, &config_tx);
-                reload_secret(secret_file.as_deref(), &config_tx);
+                reload(&source, &proxy);
+                reload_secret(secret_file.as_deref(), &proxy);
             }
             _ = signals.terminate.recv() => {
                 log::info!("ic-proxy: SIGTERM received, stopping");
@@ -225,24 +224,18 @@ async fn serve(
             }
         }
     }
-    shutdown.cancel();
-    let code = exit_code(proxy.await);
+    host.cancel();
+    let code = exit_code(proxy.stop(STOP_GRACE).await);
     observers.stop().await;
     log::info!("ic-proxy: stopped");
     code
 }
 
-fn exit_code(
-    ended: Result<Result<(), ic_proxy_core::ProxyError>, tokio::task::JoinError>,
-) -> ExitCode {
+fn exit_code(ended: Result<(), StopError>) -> ExitCode {
     match ended {
-        Ok(Ok(())) => ExitCode::SUCCESS,
-        Ok(Err(e)) => {
-            log::error!("ic-proxy: {e}");
-            ExitCode::from(EXIT_FAILURE)
-        }
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            log::error!("ic-proxy: the proxy task failed: {e}");
+            log::error!("ic-proxy: {e}");
             ExitCode::from(EXIT_FAILURE)
         }
     }
@@ -258,7 +251,7 @@ fn peer_address(map: &AddressMap, dbid: u16) -> String {
 /// SIGHUP: re-read the peer authentication secret file, when there is one,
 /// and hand a changed secret to the runtime (which then ends every link made
 /// without it); a file that cannot be used leaves the secret in force.
-fn reload_secret(path: Option<&std::path::Path>, config: &watch::Sender<Arc<RuntimeConfig>>) {
+fn reload_secret(path: Option<&std::path::Path>, proxy: &ProxyHandle) {
     let Some(path) = path else {
         return;
     };
@@ -272,7 +265,7 @@ fn reload_secret(path: Option<&std::path::Path>, config: &watch::Sender<Arc<Runt
             return;
         }
     };
-    let current = config.borrow().clone();
+    let current = proxy.current();
     if current.peer_secret.as_deref() == Some(&*secret) {
         return;
     }
@@ -280,20 +273,20 @@ fn reload_secret(path: Option<&std::path::Path>, config: &watch::Sender<Arc<Runt
         "ic-proxy: reload of {}: a new peer authentication secret",
         path.display()
     );
-    let _ = config.send(Arc::new(RuntimeConfig {
+    proxy.reload(RuntimeConfig {
         peer_secret: Some(secret),
         ..(*current).clone()
-    }));
+    });
 }
 
 /// SIGHUP: re-read the map file and hand a valid, changed map to the
 /// runtime; anything else leaves the map in force untouched.
-fn reload(source: &MapSource, config: &watch::Sender<Arc<RuntimeConfig>>) {
+fn reload(source: &MapSource, proxy: &ProxyHandle) {
     if let MapSource::Inline(_) = source {
         log::warn!("ic-proxy: SIGHUP: the map came from --addresses, nothing to re-read");
         return;
     }
-    let current = config.borrow().clone();
+    let current = proxy.current();
     let map = match source.load() {
         Ok(map) => map,
         Err(e) => {
@@ -321,9 +314,8 @@ fn reload(source: &MapSource, config: &watch::Sender<Arc<RuntimeConfig>>) {
         diff.removed.len(),
         diff.changed.len()
     );
-    // No receiver means the runtime has ended; the main loop sees that.
-    let _ = config.send(Arc::new(RuntimeConfig {
+    proxy.reload(RuntimeConfig {
         map,
         ..(*current).clone()
-    }));
+    });
 }

@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use ic_proxy_core::protocol::Dialect;
 use ic_proxy_core::status::now_ms;
-use ic_proxy_core::{BackendSocket, ProxySettings, RuntimeConfig, StatusBoard, StatusSnapshot};
+use ic_proxy_core::{
+    BackendSocket, PeerTraffic, ProxySettings, RuntimeConfig, StatusBoard, StatusSnapshot,
+};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -81,15 +83,7 @@ impl ProxyView {
                     address: p.addr.host.clone(),
                     port: p.addr.port,
                     state: p.state.name(),
-                    since_ms: p.since_ms,
-                    bytes_in: p.bytes_in,
-                    bytes_out: p.bytes_out,
-                    packets_in: p.packets_in,
-                    packets_out: p.packets_out,
-                    logical_connections: p.logical_conns,
-                    cached_bytes: p.cached_bytes,
-                    drops: p.drops,
-                    reconnects: p.reconnects,
+                    traffic: p.traffic,
                     last_error: p.last_error.clone(),
                 })
                 .collect(),
@@ -104,15 +98,7 @@ impl ProxyView {
                     address: e.host.clone(),
                     port: e.port,
                     state: STATE_NOT_IN_MAP,
-                    since_ms: 0,
-                    bytes_in: 0,
-                    bytes_out: 0,
-                    packets_in: 0,
-                    packets_out: 0,
-                    logical_connections: 0,
-                    cached_bytes: 0,
-                    drops: 0,
-                    reconnects: 0,
+                    traffic: PeerTraffic::default(),
                     last_error: format!(
                         "this instance's dbid {} is not in the address map",
                         self.dbid
@@ -160,16 +146,9 @@ pub struct PeerRow {
     pub address: String,
     pub port: u16,
     pub state: &'static str,
-    /// 0: never (an entry shown while this instance is not in the map).
-    pub since_ms: u64,
-    pub bytes_in: u64,
-    pub bytes_out: u64,
-    pub packets_in: u64,
-    pub packets_out: u64,
-    pub logical_connections: u64,
-    pub cached_bytes: u64,
-    pub drops: u64,
-    pub reconnects: u64,
+    /// All 0 for an entry shown while this instance is not in the map
+    /// (`since_ms` 0: never).
+    pub traffic: PeerTraffic,
     pub last_error: String,
 }
 
@@ -223,15 +202,15 @@ impl Report {
                 .field("address", &r.address)
                 .field("port", r.port)
                 .field("state", r.state)
-                .field("since_ms", opt(r.since_ms))
-                .field("bytes_in", r.bytes_in)
-                .field("bytes_out", r.bytes_out)
-                .field("packets_in", r.packets_in)
-                .field("packets_out", r.packets_out)
-                .field("logical_connections", r.logical_connections)
-                .field("cached_bytes", r.cached_bytes)
-                .field("drops", r.drops)
-                .field("reconnects", r.reconnects)
+                .field("since_ms", opt(r.traffic.since_ms))
+                .field("bytes_in", r.traffic.bytes_in)
+                .field("bytes_out", r.traffic.bytes_out)
+                .field("packets_in", r.traffic.packets_in)
+                .field("packets_out", r.traffic.packets_out)
+                .field("logical_connections", r.traffic.logical_conns)
+                .field("cached_bytes", r.traffic.cached_bytes)
+                .field("drops", r.traffic.drops)
+                .field("reconnects", r.traffic.reconnects)
                 .field("last_error", &r.last_error);
             out.push(peer);
         }

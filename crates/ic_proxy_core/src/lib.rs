@@ -16,13 +16,17 @@ pub mod status;
 pub mod sync;
 pub mod trim;
 
+mod handle;
+mod listener;
 mod peer;
 mod proxy;
 mod route;
 mod session;
 
 pub use config::{socket_path, BackendSocket, ProxySettings, RuntimeConfig};
+pub use handle::{ProxyHandle, StopError};
+pub use listener::bind_backend_socket;
 pub use peer::PROBE_SESSION_ID;
-pub use proxy::{bind_backend_socket, run, Listeners, ProxyError};
-pub use status::{PeerSnapshot, PeerState, StatusBoard, StatusSnapshot};
+pub use proxy::{run, Listeners, ProxyError};
+pub use status::{PeerSnapshot, PeerState, PeerTraffic, StatusBoard, StatusSnapshot};
 pub use trim::TrimPolicy;

@@ -116,34 +116,48 @@ impl PeerStats {
         PeerSnapshot {
             addr: self.addr.clone(),
             state: self.state(),
-            since_ms: self.since_ms.load(Relaxed),
-            bytes_in: self.bytes_in.load(Relaxed),
-            bytes_out: self.bytes_out.load(Relaxed),
-            packets_in: self.packets_in.load(Relaxed),
-            packets_out: self.packets_out.load(Relaxed),
-            logical_conns: self.logical_conns.load(Relaxed).max(0) as u64,
-            cached_bytes: self.cached_bytes.load(Relaxed).max(0) as u64,
-            drops: self.drops.load(Relaxed),
-            reconnects: self.reconnects.load(Relaxed),
+            traffic: PeerTraffic {
+                since_ms: self.since_ms.load(Relaxed),
+                bytes_in: self.bytes_in.load(Relaxed),
+                bytes_out: self.bytes_out.load(Relaxed),
+                packets_in: self.packets_in.load(Relaxed),
+                packets_out: self.packets_out.load(Relaxed),
+                logical_conns: self.logical_conns.load(Relaxed).max(0) as u64,
+                cached_bytes: self.cached_bytes.load(Relaxed).max(0) as u64,
+                drops: self.drops.load(Relaxed),
+                reconnects: self.reconnects.load(Relaxed),
+            },
             last_error: self.last_error.lock().clone(),
         }
     }
 }
 
+/// One peer as the status shows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PeerSnapshot {
     pub addr: PeerAddr,
     pub state: PeerState,
+    pub traffic: PeerTraffic,
+    pub last_error: String,
+}
+
+/// A peer's numbers at one moment, as plain integers: the same struct in a
+/// [`PeerSnapshot`] and in the extension's shared-memory rows.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct PeerTraffic {
+    /// When the peer entered its state (ms since the epoch).
     pub since_ms: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub packets_in: u64,
     pub packets_out: u64,
+    /// Logical connections open with the peer.
     pub logical_conns: u64,
+    /// DATA waiting in this proxy to be sent to the peer.
     pub cached_bytes: u64,
     pub drops: u64,
     pub reconnects: u64,
-    pub last_error: String,
 }
 
 /// A listener's health.

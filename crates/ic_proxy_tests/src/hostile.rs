@@ -471,7 +471,7 @@ impl Case {
             let s = p.status.snapshot();
             let link = s.peers.iter().find(|x| x.addr.dbid == other).unwrap();
             assert_eq!(
-                (link.state, link.reconnects),
+                (link.state, link.traffic.reconnects),
                 (PeerState::Connected, 0),
                 "{}: the link between the real proxies was disturbed: {link:?}",
                 self.name

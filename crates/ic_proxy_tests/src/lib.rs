@@ -1,5 +1,5 @@
 //! A harness for the runtime's integration tests: real proxies (the core's
-//! `run`) on loopback port 0 and temporary Unix sockets, all in one process,
+//! `ProxyHandle`) on loopback port 0 and temporary Unix sockets, all in one process,
 //! and helpers that stream checksummed data through them with the backend
 //! client.
 
@@ -15,11 +15,9 @@ use ic_proxy_client::{
 use ic_proxy_core::address_map::{AddressMap, PeerAddr};
 use ic_proxy_core::protocol::Dialect;
 use ic_proxy_core::{
-    bind_backend_socket, run, Listeners, PeerState, ProxySettings, RuntimeConfig, StatusBoard,
+    bind_backend_socket, Listeners, PeerState, ProxyHandle, ProxySettings, RuntimeConfig,
+    StatusBoard,
 };
-use tokio::sync::watch;
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
 /// Generous deadline for anything the tests wait on.
 pub const DEADLINE: Duration = Duration::from_secs(20);
@@ -29,11 +27,24 @@ pub struct TestProxy {
     pub addr: PeerAddr,
     pub socket: PathBuf,
     pub status: Arc<StatusBoard>,
-    pub shutdown: CancellationToken,
-    pub config: watch::Sender<Arc<RuntimeConfig>>,
-    pub handle: Option<JoinHandle<()>>,
+    /// None once stopped.
+    pub proxy: Option<ProxyHandle>,
     pub settings: ProxySettings,
     _dir: Arc<tempfile::TempDir>,
+}
+
+impl TestProxy {
+    /// Hands the running proxy a new configuration.
+    pub fn reload(&self, config: RuntimeConfig) {
+        if let Some(p) = &self.proxy {
+            p.reload(config);
+        }
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> Arc<RuntimeConfig> {
+        self.proxy.as_ref().expect("a running proxy").current()
+    }
 }
 
 /// Knobs a test may change before the mesh starts.
@@ -152,33 +163,20 @@ impl Mesh {
         settings.first_dial_delay = Duration::from_millis(10);
         settings.handshake_timeout = self.opts.handshake_timeout;
         settings.peer_queue_bytes = self.opts.peer_queue_bytes;
-        let (tx, rx) = watch::channel(Arc::new(self.runtime_config(map)));
-        let status = StatusBoard::new();
-        let shutdown = CancellationToken::new();
-        let handle = tokio::spawn({
-            let (settings, status, shutdown) = (settings.clone(), status.clone(), shutdown.clone());
-            async move {
-                run(
-                    settings,
-                    rx,
-                    Listeners {
-                        peer: Some(l),
-                        backend: Some(backend),
-                    },
-                    shutdown,
-                    status,
-                )
-                .await
-                .expect("proxy run");
-            }
-        });
+        let mut proxy = ProxyHandle::new(self.runtime_config(map));
+        proxy.spawn(
+            &tokio::runtime::Handle::current(),
+            settings.clone(),
+            Listeners {
+                peer: Some(l),
+                backend: Some(backend),
+            },
+        );
         self.proxies.push(TestProxy {
             addr,
             socket,
-            status,
-            shutdown,
-            config: tx,
-            handle: Some(handle),
+            status: proxy.status().clone(),
+            proxy: Some(proxy),
             settings,
             _dir: self.dir.clone(),
         });
@@ -204,10 +202,10 @@ impl Mesh {
             let running: Vec<u16> = self
                 .proxies
                 .iter()
-                .filter(|p| p.handle.is_some())
+                .filter(|p| p.proxy.is_some())
                 .map(|p| p.addr.dbid)
                 .collect();
-            let all = self.proxies.iter().filter(|p| p.handle.is_some()).all(|p| {
+            let all = self.proxies.iter().filter(|p| p.proxy.is_some()).all(|p| {
                 let peers = p.status.snapshot().peers;
                 // Every running proxy is listed, and linked wherever traffic flows.
                 running
@@ -256,12 +254,8 @@ impl Mesh {
             .iter_mut()
             .find(|p| p.addr.dbid == dbid)
             .unwrap();
-        p.shutdown.cancel();
-        if let Some(h) = p.handle.take() {
-            tokio::time::timeout(DEADLINE, h)
-                .await
-                .expect("proxy stops in time")
-                .unwrap();
+        if let Some(proxy) = p.proxy.take() {
+            proxy.stop(DEADLINE).await.expect("the proxy stops cleanly");
         }
     }
 

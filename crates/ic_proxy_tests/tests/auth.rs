@@ -144,9 +144,9 @@ async fn a_dialer_that_requires_the_secret_refuses_an_acceptor_without_it() {
 /// Hands every proxy of `mesh` the same configuration with `peer_secret`.
 fn reload_secret(mesh: &Mesh, peer_secret: Option<Arc<[u8]>>) {
     for p in &mesh.proxies {
-        let mut c = (**p.config.borrow()).clone();
+        let mut c = (*p.config()).clone();
         c.peer_secret = peer_secret.clone();
-        p.config.send_replace(Arc::new(c));
+        p.reload(c);
     }
 }
 
@@ -195,7 +195,7 @@ async fn turning_authentication_on_by_reload_ends_every_unauthenticated_link() {
                 .iter()
                 .filter(|x| x.addr.dbid == 1 || x.addr.dbid == 2)
                 .filter(|x| x.addr.dbid != p.addr.dbid)
-                .all(|x| x.state == PeerState::Connected && x.reconnects >= 1)
+                .all(|x| x.state == PeerState::Connected && x.traffic.reconnects >= 1)
         })
     })
     .await;

@@ -27,7 +27,7 @@ fn cached(p: &TestProxy) -> u64 {
         .peers
         .iter()
         .find(|s| s.addr.dbid == FAKE_DBID)
-        .map_or(0, |s| s.cached_bytes)
+        .map_or(0, |s| s.traffic.cached_bytes)
 }
 
 /// The ic-tcp bytes connection `n` sends.

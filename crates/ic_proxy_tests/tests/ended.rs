@@ -156,7 +156,14 @@ async fn one_flooding_peer_cannot_evict_another_peers_waiting_connection() {
     })
     .await;
     let s1 = p1.status.snapshot();
-    let drops = |dbid| s1.peers.iter().find(|p| p.addr.dbid == dbid).unwrap().drops;
+    let drops = |dbid| {
+        s1.peers
+            .iter()
+            .find(|p| p.addr.dbid == dbid)
+            .unwrap()
+            .traffic
+            .drops
+    };
     assert_eq!(
         drops(2),
         0,

@@ -828,7 +828,7 @@ hostile!(peer_trickling_one_byte_at_a_time_still_works, |c| {
         RecvItem::Packet(bytes::Bytes::from_static(b"slow but fine"))
     );
     assert_eq!(rx.recv().await.unwrap(), RecvItem::Eof);
-    assert_eq!(peer_stats(p1, FAKE_DBID).packets_in, 2);
+    assert_eq!(peer_stats(p1, FAKE_DBID).traffic.packets_in, 2);
     assert_eq!(c.delta(1, rejected), 0);
 });
 
@@ -926,7 +926,7 @@ hostile!(data_whose_source_is_not_the_links_peer, |c| {
         "DATA from dbid 2 to dbid 1 arrived on the link of dbid 3",
     ])
     .await;
-    assert_eq!(peer_stats(p1, FAKE_DBID).drops, 1);
+    assert_eq!(peer_stats(p1, FAKE_DBID).traffic.drops, 1);
 });
 
 hostile!(data_for_another_instance, |c| {
@@ -1209,7 +1209,10 @@ hostile!(
         // The link stayed up all along.
         let s = p1.status.snapshot();
         let fake = s.peers.iter().find(|p| p.addr.dbid == FAKE_DBID).unwrap();
-        assert_eq!((fake.state, fake.reconnects), (PeerState::Connected, 0));
+        assert_eq!(
+            (fake.state, fake.traffic.reconnects),
+            (PeerState::Connected, 0)
+        );
         assert_eq!(c.delta(1, rejected), 0);
     }
 );
@@ -1257,7 +1260,7 @@ hostile!(empty_data_packets_are_harmless, |c| {
         );
     }
     assert_eq!(rx.recv().await.unwrap(), RecvItem::Eof);
-    assert_eq!(peer_stats(p1, FAKE_DBID).packets_in, 7);
+    assert_eq!(peer_stats(p1, FAKE_DBID).traffic.packets_in, 7);
     assert_eq!(c.delta(1, dropped) + c.delta(1, rejected), 0);
 });
 
@@ -1339,7 +1342,7 @@ hostile!(a_peer_that_stops_reading, |c| {
     let mut last = u64::MAX;
     let mut still = 0;
     wait_until("the writes to the fake peer to stop", || {
-        let now = peer_stats(p1, FAKE_DBID).packets_out;
+        let now = peer_stats(p1, FAKE_DBID).traffic.packets_out;
         if now == last {
             still += 1;
         } else {
@@ -1418,7 +1421,7 @@ hostile!(
         c.wait_delta(1, dropped, 5000).await;
         let lines = count_lines(&c, "dropped a packet");
         assert!((1..=100).contains(&lines), "{lines} lines for 5000 drops");
-        assert_eq!(peer_stats(p1, FAKE_DBID).drops, 5000);
+        assert_eq!(peer_stats(p1, FAKE_DBID).traffic.drops, 5000);
     }
 );
 

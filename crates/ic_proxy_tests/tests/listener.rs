@@ -2,16 +2,11 @@
 //! proxy's status says "failed" with the error, and once the port is free
 //! the listener comes up on its own.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use ic_proxy_core::address_map::AddressMap;
-use ic_proxy_core::{
-    bind_backend_socket, run, Listeners, ProxySettings, RuntimeConfig, StatusBoard,
-};
+use ic_proxy_core::{bind_backend_socket, Listeners, ProxyHandle, ProxySettings, RuntimeConfig};
 use ic_proxy_tests::{reserve, wait_until};
-use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_taken_peer_port_is_reported_and_retried_until_free() {
@@ -21,19 +16,16 @@ async fn a_taken_peer_port_is_reported_and_retried_until_free() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join(".s.PGSQL.ic_proxy.5432.1");
     let backend = bind_backend_socket(&socket).unwrap();
-    let status = StatusBoard::new();
-    let shutdown = CancellationToken::new();
-    let (_tx, rx) = watch::channel(Arc::new(RuntimeConfig::new(map)));
-    let proxy = tokio::spawn(run(
+    let mut proxy = ProxyHandle::new(RuntimeConfig::new(map));
+    proxy.spawn(
+        &tokio::runtime::Handle::current(),
         ProxySettings::new(1, socket),
-        rx,
         Listeners {
             peer: None,
             backend: Some(backend),
         },
-        shutdown.clone(),
-        status.clone(),
-    ));
+    );
+    let status = proxy.status().clone();
     wait_until("the failure reported", || {
         status.snapshot().peer_listener.0 == "failed"
     })
@@ -54,10 +46,5 @@ async fn a_taken_peer_port_is_reported_and_retried_until_free() {
         status.snapshot().peer_listener.1,
         format!("127.0.0.1:{}", me.port)
     );
-    shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(10), proxy)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    proxy.stop(Duration::from_secs(10)).await.unwrap();
 }

@@ -32,7 +32,7 @@ async fn two_proxies_carry_many_connections_both_ways() {
     let s1 = mesh.proxy(1).status.snapshot();
     let peer2 = s1.peers.iter().find(|p| p.addr.dbid == 2).unwrap();
     assert!(
-        peer2.bytes_in > 1_000_000 && peer2.bytes_out > 1_000_000,
+        peer2.traffic.bytes_in > 1_000_000 && peer2.traffic.bytes_out > 1_000_000,
         "{peer2:?}"
     );
     mesh.shutdown().await;
@@ -162,6 +162,7 @@ async fn flow_control_pauses_a_fast_sender_against_a_slow_receiver() {
             .iter()
             .find(|p| p.addr.dbid == 1)
             .unwrap()
+            .traffic
             .packets_in;
         if now == last && now > 0 {
             still += 1;
@@ -309,8 +310,7 @@ async fn reload_adds_and_removes_a_peer_without_disturbing_the_others() {
     entries.push(addr3.clone());
     let bigger = ic_proxy_core::address_map::AddressMap::from_entries(entries).unwrap();
     for p in &mesh.proxies {
-        p.config
-            .send_replace(std::sync::Arc::new(mesh.runtime_config(bigger.clone())));
+        p.reload(mesh.runtime_config(bigger.clone()));
     }
     mesh.spawn(addr3, l, bigger);
     mesh.wait_connected().await;
@@ -329,8 +329,7 @@ async fn reload_adds_and_removes_a_peer_without_disturbing_the_others() {
     )
     .unwrap();
     for p in mesh.proxies.iter().filter(|p| p.addr.dbid != 3) {
-        p.config
-            .send_replace(std::sync::Arc::new(mesh.runtime_config(smaller.clone())));
+        p.reload(mesh.runtime_config(smaller.clone()));
     }
     let p1 = mesh.proxy(1);
     wait_until("peer 3 gone from proxy 1", || {
@@ -348,7 +347,10 @@ async fn reload_adds_and_removes_a_peer_without_disturbing_the_others() {
     );
     let s = p1.status.snapshot();
     let p2 = s.peers.iter().find(|p| p.addr.dbid == 2).unwrap();
-    assert_eq!(p2.reconnects, 0, "the link to an unchanged peer was cut");
+    assert_eq!(
+        p2.traffic.reconnects, 0,
+        "the link to an unchanged peer was cut"
+    );
     mesh.shutdown().await;
 }
 
