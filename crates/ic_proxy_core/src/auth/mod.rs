@@ -19,7 +19,7 @@ use sha2::Sha256;
 
 mod exchange;
 
-pub(crate) use exchange::{Exchange, CHALLENGE_WAIT};
+pub(crate) use exchange::{Exchange, ExchangeError, CHALLENGE_WAIT};
 
 /// Session id of authentication packets (never a real gp_session_id).
 pub const AUTH_SESSION_ID: i32 = i32::MIN + 1;

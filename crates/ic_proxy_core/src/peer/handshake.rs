@@ -6,7 +6,6 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,10 +14,11 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use super::directory::PeerDirectory;
+use super::failure::LinkFailure;
 use super::probe::LINK_PROBE_TIMEOUT;
 use super::{role, NewLink, Role};
 use crate::address_map::PeerAddr;
-use crate::auth::Exchange;
+use crate::auth::{Exchange, ExchangeError};
 use crate::context::Ctx;
 use crate::protocol::{Dialect, Endpoint, Header, PacketReader, PacketType};
 
@@ -66,20 +66,34 @@ fn peer_hello_ack(d: Dialect, hello: &Header, my_pid: i32) -> Header {
     }
 }
 
-/// Dials the peer and says PEER_HELLO; Ok once its PEER_HELLO_ACK is checked.
-pub(super) async fn dial(ctx: &Ctx, addr: &PeerAddr) -> io::Result<NewLink> {
+/// Dials the peer and says PEER_HELLO; Ok once its PEER_HELLO_ACK is
+/// checked (and the authentication exchange passed, with a secret). A
+/// failure is counted here.
+pub(super) async fn dial(ctx: &Ctx, addr: &PeerAddr) -> Result<NewLink, LinkFailure> {
+    let r = dial_and_greet(ctx, addr).await;
+    if let Err(failure) = &r {
+        failure.count(&ctx.status.counters);
+    }
+    r
+}
+
+async fn dial_and_greet(ctx: &Ctx, addr: &PeerAddr) -> Result<NewLink, LinkFailure> {
     let deadline = ctx.settings.handshake_timeout;
     let targets: Vec<SocketAddr> =
         tokio::time::timeout(deadline, tokio::net::lookup_host(addr.socket_addr_string()))
             .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "name resolution timed out"))??
+            .map_err(|_| LinkFailure::TimedOut("name resolution"))?
+            .map_err(LinkFailure::Network)?
             .collect();
-    let mut last = io::Error::new(io::ErrorKind::NotFound, "the name resolved to no address");
+    let mut last = LinkFailure::Network(io::Error::new(
+        io::ErrorKind::NotFound,
+        "the name resolved to no address",
+    ));
     for target in targets {
         match tokio::time::timeout(deadline, TcpStream::connect(target)).await {
             Ok(Ok(s)) => return handshake_as_dialer(ctx, addr, s).await,
-            Ok(Err(e)) => last = e,
-            Err(_) => last = io::Error::new(io::ErrorKind::TimedOut, "connect timed out"),
+            Ok(Err(e)) => last = LinkFailure::Network(e),
+            Err(_) => last = LinkFailure::TimedOut("connection"),
         }
     }
     Err(last)
@@ -100,7 +114,11 @@ pub(crate) fn tune_socket(s: &TcpStream) {
     let _ = sock.set_tcp_user_timeout(Some(Duration::from_secs(10)));
 }
 
-async fn handshake_as_dialer(ctx: &Ctx, addr: &PeerAddr, mut s: TcpStream) -> io::Result<NewLink> {
+async fn handshake_as_dialer(
+    ctx: &Ctx,
+    addr: &PeerAddr,
+    mut s: TcpStream,
+) -> Result<NewLink, LinkFailure> {
     tune_socket(&s);
     let d = ctx.settings.dialect;
     let reader = PacketReader::new(ctx.decoder);
@@ -110,94 +128,106 @@ async fn handshake_as_dialer(ctx: &Ctx, addr: &PeerAddr, mut s: TcpStream) -> io
         pid: ctx.settings.pid,
     };
     let hello = peer_hello(d, me, addr);
-    s.write_all(&hello.encode(d)).await?;
+    s.write_all(&hello.encode(d))
+        .await
+        .map_err(LinkFailure::Network)?;
     let mut buf = BytesMut::with_capacity(4096);
     let ack = tokio::time::timeout(
         ctx.settings.handshake_timeout,
         reader.read_packet(&mut s, &mut buf),
     )
     .await
-    .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no PEER_HELLO_ACK in time"))??;
+    .map_err(|_| LinkFailure::TimedOut("PEER_HELLO_ACK"))?
+    .map_err(|e| match e.kind() {
+        io::ErrorKind::InvalidData => LinkFailure::Protocol(e.to_string()),
+        _ => LinkFailure::Network(e),
+    })?;
     if ack.header.ptype != PacketType::PeerHelloAck {
-        return Err(invalid(format!(
+        return Err(LinkFailure::Protocol(format!(
             "expected PEER HELLO ACK, got {}",
             ack.header.ptype
         )));
     }
     if ack.header.dst.dbid != addr.dbid {
-        return Err(invalid(format!(
+        return Err(LinkFailure::Protocol(format!(
             "PEER HELLO ACK names dbid {} but dbid {} was dialed: is the map the same on every instance?",
             ack.header.dst.dbid, addr.dbid
         )));
     }
     let secret = ctx.secret();
     if let Some(secret) = &secret {
-        Exchange {
-            reader,
-            failures: &ctx.status.counters.auth_failures,
-        }
-        .authenticate_acceptor(
-            &mut s,
-            &mut buf,
-            secret,
-            hello.src,
-            hello.dst,
-            ctx.settings.handshake_timeout,
-        )
-        .await?;
+        Exchange { reader }
+            .authenticate_acceptor(
+                &mut s,
+                &mut buf,
+                secret,
+                hello.src,
+                hello.dst,
+                ctx.settings.handshake_timeout,
+            )
+            .await
+            .map_err(|error| LinkFailure::Auth {
+                dbid: addr.dbid,
+                error,
+            })?;
     }
     Ok((s, buf, secret))
 }
 
-/// Takes over an accepted connection after its PEER_HELLO was checked.
+/// Takes over an accepted connection: checks its PEER_HELLO, answers it,
+/// authenticates it, and hands the link to its peer's slot. A connection
+/// that fails is refused: counted and logged here.
 pub(crate) async fn accept_peer(
     ctx: Arc<Ctx>,
     peers: &PeerDirectory,
-    mut s: TcpStream,
+    s: TcpStream,
     from: SocketAddr,
 ) {
+    if let Err(failure) = handshake_as_acceptor(&ctx, peers, s, from).await {
+        failure.count(&ctx.status.counters);
+        ctx.refuse(|| format!("ic-proxy: refused peer connection from {from}: {failure}"));
+    }
+}
+
+async fn handshake_as_acceptor(
+    ctx: &Ctx,
+    peers: &PeerDirectory,
+    mut s: TcpStream,
+    from: SocketAddr,
+) -> Result<(), LinkFailure> {
     tune_socket(&s);
     let mut buf = BytesMut::with_capacity(4096);
-    let hello = match tokio::time::timeout(
+    let hello = tokio::time::timeout(
         ctx.settings.handshake_timeout,
         PacketReader::new(ctx.decoder).read_packet(&mut s, &mut buf),
     )
     .await
-    {
-        Ok(Ok(p)) => p,
-        Ok(Err(e)) => return reject(&ctx, from, &e.to_string()),
-        Err(_) => return reject(&ctx, from, "no PEER HELLO in time"),
-    };
+    .map_err(|_| LinkFailure::TimedOut("PEER HELLO"))?
+    .map_err(|e| LinkFailure::Protocol(e.to_string()))?;
     let h = hello.header;
     if h.ptype != PacketType::PeerHello {
-        return reject(&ctx, from, &format!("expected PEER HELLO, got {}", h.ptype));
+        return Err(LinkFailure::Protocol(format!(
+            "expected PEER HELLO, got {}",
+            h.ptype
+        )));
     }
     if h.src.dbid == ctx.settings.dbid {
-        return reject(
-            &ctx,
-            from,
-            &format!("PEER HELLO claims this instance's own dbid {}", h.src.dbid),
-        );
+        return Err(LinkFailure::Refused(format!(
+            "PEER HELLO claims this instance's own dbid {}",
+            h.src.dbid
+        )));
     }
     let Some(slot) = peers.get(h.src.dbid) else {
-        return reject(
-            &ctx,
-            from,
-            &format!(
-                "PEER HELLO from dbid {}, which is not in the address map",
-                h.src.dbid
-            ),
-        );
+        return Err(LinkFailure::Refused(format!(
+            "PEER HELLO from dbid {}, which is not in the address map",
+            h.src.dbid
+        )));
     };
     if h.dst.dbid != ctx.settings.dbid {
-        return reject(
-            &ctx,
-            from,
-            &format!(
-                "PEER HELLO is addressed to dbid {} but this instance is dbid {}",
-                h.dst.dbid, ctx.settings.dbid
-            ),
-        );
+        return Err(LinkFailure::Refused(format!(
+            "PEER HELLO is addressed to dbid {} but this instance is dbid {}",
+            h.dst.dbid, ctx.settings.dbid
+        )));
     }
     // Only the instance with the higher content dials (the C proxy's rule
     // too): a PEER HELLO against it would take over a link this side dials,
@@ -205,26 +235,18 @@ pub(crate) async fn accept_peer(
     match role(ctx.my_content(), ctx.settings.dbid, &slot.addr) {
         Role::Wait => {}
         Role::Dial => {
-            return reject(
-                &ctx,
-                from,
-                &format!(
-                    "PEER HELLO from dbid {}, which this instance dials itself (its content {} is below ours, {}): are the maps the same everywhere?",
-                    h.src.dbid,
-                    slot.addr.content,
-                    ctx.my_content()
-                ),
-            )
+            return Err(LinkFailure::Refused(format!(
+                "PEER HELLO from dbid {}, which this instance dials itself (its content {} is below ours, {}): are the maps the same everywhere?",
+                h.src.dbid,
+                slot.addr.content,
+                ctx.my_content()
+            )))
         }
         Role::None => {
-            return reject(
-                &ctx,
-                from,
-                &format!(
-                    "PEER HELLO from dbid {}, which has the same content {} as this instance: no link between them",
-                    h.src.dbid, slot.addr.content
-                ),
-            )
+            return Err(LinkFailure::Refused(format!(
+                "PEER HELLO from dbid {}, which has the same content {} as this instance: no link between them",
+                h.src.dbid, slot.addr.content
+            )))
         }
     }
     if slot.is_up() {
@@ -232,15 +254,11 @@ pub(crate) async fn accept_peer(
         // the real peer reconnecting after its end of the old link died
         // unnoticed here (a reboot, a pulled cable). Only a link that still
         // answers keeps its place.
-        if slot.link_answers(&ctx, LINK_PROBE_TIMEOUT).await {
-            return reject(
-                &ctx,
-                from,
-                &format!(
-                    "dbid {} is already connected and its link answers",
-                    h.src.dbid
-                ),
-            );
+        if slot.link_answers(ctx, LINK_PROBE_TIMEOUT).await {
+            return Err(LinkFailure::Refused(format!(
+                "dbid {} is already connected and its link answers",
+                h.src.dbid
+            )));
         }
         log::warn!(
             "ic-proxy: peer dbid {}: the established link does not answer; replacing it with the new connection from {from}",
@@ -251,18 +269,17 @@ pub(crate) async fn accept_peer(
             .await
             .is_err()
         {
-            return reject(
-                &ctx,
-                from,
-                &format!("dbid {}: the old link did not close", h.src.dbid),
-            );
+            return Err(LinkFailure::Refused(format!(
+                "dbid {}: the old link did not close",
+                h.src.dbid
+            )));
         }
     }
     let d = ctx.settings.dialect;
     let ack = peer_hello_ack(d, &h, ctx.settings.pid);
-    if let Err(e) = s.write_all(&ack.encode(d)).await {
-        return reject(&ctx, from, &format!("cannot send PEER HELLO ACK: {e}"));
-    }
+    s.write_all(&ack.encode(d))
+        .await
+        .map_err(LinkFailure::Network)?;
     let secret = ctx.secret();
     if let Some(secret) = &secret {
         let me = Endpoint {
@@ -270,54 +287,34 @@ pub(crate) async fn accept_peer(
             dbid: ctx.settings.dbid,
             pid: ctx.settings.pid,
         };
+        let exchange = Exchange {
+            reader: PacketReader::new(ctx.decoder),
+        };
         let r = tokio::time::timeout(
             ctx.settings.handshake_timeout,
-            Exchange {
-                reader: PacketReader::new(ctx.decoder),
-                failures: &ctx.status.counters.auth_failures,
-            }
-            .authenticate_connector(&mut s, &mut buf, secret, me, h.src),
+            exchange.authenticate_connector(&mut s, &mut buf, secret, me, h.src),
         )
-        .await;
-        let failed = match r {
-            Ok(Ok(())) => None,
-            Ok(Err(e)) if e.to_string().contains("authentication") => Some(e.to_string()),
-            Ok(Err(e)) => Some(format!(
-                "peer authentication failed: {e} (is ic_proxy.peer_auth_secret_file set on dbid {}, with the same secret?)",
-                h.src.dbid
-            )),
-            Err(_) => {
-                ctx.status.counters.auth_failures.fetch_add(1, Relaxed);
-                Some(format!(
-                    "peer authentication failed: dbid {} did not answer the challenge (a C proxy, or no ic_proxy.peer_auth_secret_file there?)",
-                    h.src.dbid
-                ))
-            }
-        };
-        if let Some(why) = failed {
+        .await
+        .unwrap_or(Err(ExchangeError::NoAnswer { dbid: h.src.dbid }));
+        if let Err(error) = r {
             // Shown on the claimed peer's row, unless a working link is
             // there (an impostor does not get to overwrite its status).
             if !slot.is_up() {
-                slot.stats.set_error(why.clone());
+                slot.stats.set_error(error.to_string());
             }
-            return reject(&ctx, from, &format!("dbid {}: {why}", h.src.dbid));
+            return Err(LinkFailure::Auth {
+                dbid: h.src.dbid,
+                error,
+            });
         }
     }
     if slot.accepted.try_send((s, buf, secret)).is_err() {
-        reject(
-            &ctx,
-            from,
-            &format!("dbid {} is already connecting", h.src.dbid),
-        );
+        return Err(LinkFailure::Refused(format!(
+            "dbid {} is already connecting",
+            h.src.dbid
+        )));
     }
-}
-
-fn reject(ctx: &Ctx, from: SocketAddr, why: &str) {
-    ctx.refuse(|| format!("ic-proxy: refused peer connection from {from}: {why}"));
-}
-
-fn invalid(msg: String) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, msg)
+    Ok(())
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::failure::LinkFailure;
 use super::probe::{echo_probe, PROBE_SESSION_ID};
 use super::{drop_packet, OutFrame, PeerSlot};
 use crate::auth::AUTH_SESSION_ID;
@@ -32,14 +33,14 @@ const WRITE_BATCH: usize = 256 * 1024;
 const READ_ROOM: usize = 64 * 1024;
 
 /// Runs one established link until it fails or the slot is cancelled;
-/// returns why it ended.
+/// returns why it ended (not counted yet).
 pub(super) async fn run_link(
     ctx: &Arc<Ctx>,
     slot: &Arc<PeerSlot>,
     stream: TcpStream,
     leftover: BytesMut,
     rx: &mut mpsc::UnboundedReceiver<OutFrame>,
-) -> String {
+) -> LinkFailure {
     let (rd, wr) = stream.into_split();
     let link = slot.token.child_token();
     *slot.current_link.lock() = Some(link.clone());
@@ -57,10 +58,10 @@ pub(super) async fn run_link(
     link.cancel();
     let read_result = reader
         .await
-        .unwrap_or_else(|e| format!("reader task failed: {e}"));
+        .unwrap_or_else(|e| LinkFailure::ReaderTask(e.to_string()));
     match write_result {
-        Err(e) => format!("write failed: {e}"),
-        Ok(()) if slot.token.is_cancelled() => "removed from the map or stopping".to_string(),
+        Err(e) => LinkFailure::Write(e),
+        Ok(()) if slot.token.is_cancelled() => LinkFailure::Removed,
         Ok(()) => read_result,
     }
 }
@@ -154,7 +155,7 @@ async fn read_link(
     mut rd: OwnedReadHalf,
     mut buf: BytesMut,
     link: &CancellationToken,
-) -> String {
+) -> LinkFailure {
     let mut routes = RouteCache::default();
     let reader = PacketReader::new(ctx.decoder);
     let me = ctx.settings.dbid;
@@ -176,27 +177,15 @@ async fn read_link(
                         // Its payload is still to come.
                         Ok(None) => break,
                         // Not a DATA packet: the length is what is wrong.
-                        Err(_) => {
-                            ctx.status
-                                .counters
-                                .rejected_connections
-                                .fetch_add(1, Relaxed);
-                            return format!("malformed packet: {}", reader.explain(&e, &buf));
-                        }
+                        Err(_) => return LinkFailure::Malformed(reader.explain(&e, &buf)),
                     }
                 }
-                Err(e) => {
-                    ctx.status
-                        .counters
-                        .rejected_connections
-                        .fetch_add(1, Relaxed);
-                    return format!("malformed packet: {}", reader.explain(&e, &buf));
-                }
+                Err(e) => return LinkFailure::Malformed(reader.explain(&e, &buf)),
             };
             if link.is_cancelled() {
                 // Ended from this side (a reload requires another secret):
                 // not one more packet of it is taken.
-                return "closed".to_string();
+                return LinkFailure::Closed;
             }
             slot.stats.packets_in.fetch_add(1, Relaxed);
             slot.stats
@@ -207,7 +196,7 @@ async fn read_link(
                 PacketType::Data => Arrival::Data(p.payload),
                 PacketType::Bye => Arrival::Bye,
                 PacketType::DataAck => Arrival::Ack,
-                PacketType::PeerQuit => return "the peer said PEER QUIT".to_string(),
+                PacketType::PeerQuit => return LinkFailure::PeerQuit,
                 other => {
                     drop_packet(
                         ctx,
@@ -218,8 +207,7 @@ async fn read_link(
                 }
             };
             if h.session_id == AUTH_SESSION_ID {
-                return "the peer asks for authentication, but ic_proxy.peer_auth_secret_file is not set here"
-                    .to_string();
+                return LinkFailure::AuthAsked;
             }
             if h.session_id == PROBE_SESSION_ID && h.dst.pid == 0 && h.dst.dbid == me {
                 echo_probe(ctx, slot, h, arrival);
@@ -242,18 +230,15 @@ async fn read_link(
             buf.reserve(READ_ROOM);
         }
         tokio::select! {
-            _ = link.cancelled() => return "closed".to_string(),
+            _ = link.cancelled() => return LinkFailure::Closed,
             r = rd.read_buf(&mut buf) => match r {
-                Ok(0) => return PEER_CLOSED.to_string(),
+                Ok(0) => return LinkFailure::PeerClosed,
                 Ok(_) => {}
-                Err(e) => return format!("read failed: {e}"),
+                Err(e) => return LinkFailure::Read(e),
             },
         }
     }
 }
-
-/// Why a link ended when its peer closed it.
-pub(super) const PEER_CLOSED: &str = "the peer closed the connection";
 
 /// A DATA packet longer than `ic_proxy.max_packet_size` allows: its logical
 /// connection ends (the receiver reads end of stream, the sender's proxy

@@ -20,6 +20,7 @@ use crate::protocol::EncodedHeader;
 use crate::status::{PeerState, PeerStats};
 
 mod directory;
+mod failure;
 mod handshake;
 mod link;
 mod probe;
@@ -27,9 +28,10 @@ mod queue;
 
 use crate::sync::Mutex;
 pub(crate) use directory::PeerDirectory;
+use failure::{LinkFailure, PEER_CLOSED};
 pub(crate) use handshake::accept_peer;
 use handshake::dial;
-use link::{run_link, PEER_CLOSED};
+use link::run_link;
 pub use probe::PROBE_SESSION_ID;
 pub(crate) use queue::{NewLink, OutFrame, PeerQueue};
 
@@ -251,13 +253,15 @@ async fn peer_task(
         );
         let linked_at = std::time::Instant::now();
         let packets_before = slot.stats.packets_in.load(Relaxed);
-        let mut reason = run_link(&ctx, &slot, stream, leftover, &mut rx).await;
+        let failure = run_link(&ctx, &slot, stream, leftover, &mut rx).await;
+        failure.count(&ctx.status.counters);
+        let mut reason = failure.to_string();
         // How long a dialer that requires authentication waits for our
         // challenge (if its settings are ours).
         let wait = ctx.settings.handshake_timeout.min(CHALLENGE_WAIT);
         if let Some(why) = slot.end_reason.lock().take() {
             reason = why;
-        } else if reason == PEER_CLOSED
+        } else if matches!(failure, LinkFailure::PeerClosed)
             && ctx.secret().is_none()
             && slot.stats.packets_in.load(Relaxed) == packets_before
             && (wait.saturating_sub(Duration::from_millis(500))..wait + Duration::from_secs(2))
