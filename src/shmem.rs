@@ -7,7 +7,7 @@
 //! that do not fit are counted, never dropped silently.
 
 use ic_proxy_core::address_map::AddressMap;
-use ic_proxy_core::{PeerState, PeerTraffic, StatusSnapshot};
+use ic_proxy_core::{PeerState, PeerTraffic, ProxyTotals, StatusSnapshot};
 use pgrx::prelude::*;
 use pgrx::{pg_shmem_init, PGRXSharedMemory, PgLwLock};
 
@@ -50,26 +50,13 @@ pub struct StatusArea {
     pub running: bool,
     pub max_packet_size: u32,
     pub updated_ms: u64,
-    pub started_ms: u64,
-    pub map_generation: u64,
-    pub sessions_open: u64,
-    pub sessions_total: u64,
-    pub early_cache_bytes: u64,
-    pub early_dropped_conns: u64,
-    pub early_dropped_bytes: u64,
-    pub rejected_connections: u64,
-    pub dropped_packets: u64,
-    pub flow_violations: u64,
-    pub auth_failures: u64,
-    pub socket_takeovers: u64,
+    pub totals: ProxyTotals,
     /// Rows written beside the header (at most the area's capacity).
     pub npeers: u32,
     /// Map entries the worker had; `total_peers - npeers` did not fit.
     pub total_peers: u32,
     /// False while this instance's dbid is not in the worker's map.
     pub self_in_map: bool,
-    pub fd_soft_limit: u64,
-    pub fd_hard_limit: u64,
     peer_listener: [u8; 8],
     peer_listener_detail: [u8; TEXT],
     backend_listener: [u8; 8],
@@ -226,26 +213,13 @@ pub fn publish(id: &Identity<'_>, s: &StatusSnapshot, running: bool) {
     a.dialect = id.dialect.as_bytes().first().copied().unwrap_or(b'?');
     a.max_packet_size = id.max_packet_size;
     a.updated_ms = ic_proxy_core::status::now_ms();
-    a.started_ms = s.started_ms;
-    a.map_generation = s.map_generation;
-    a.sessions_open = s.sessions_open;
-    a.sessions_total = s.sessions_total;
-    a.early_cache_bytes = s.early_cache_bytes;
-    a.early_dropped_conns = s.early_dropped_conns;
-    a.early_dropped_bytes = s.early_dropped_bytes;
-    a.rejected_connections = s.rejected_connections;
-    a.dropped_packets = s.dropped_packets;
-    a.flow_violations = s.flow_violations;
-    a.auth_failures = s.auth_failures;
-    a.socket_takeovers = s.socket_takeovers;
+    a.totals = s.totals;
     put(&mut a.peer_listener, s.peer_listener.0);
     put(&mut a.peer_listener_detail, &s.peer_listener.1);
     put(&mut a.backend_listener, s.backend_listener.0);
     put(&mut a.backend_listener_detail, &s.backend_listener.1);
     put(&mut a.socket_path, id.socket_path);
     put(&mut a.last_error, "");
-    a.fd_soft_limit = s.fd_soft_limit;
-    a.fd_hard_limit = s.fd_hard_limit;
     a.self_in_map = id.content.is_some();
     if !a.self_in_map {
         let why = format!("this instance's dbid {} is not in the address map", id.dbid);

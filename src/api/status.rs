@@ -195,26 +195,26 @@ fn ic_proxy_info() -> TableIterator<
             gucs::worker_threads() as i32,
             gucs::max_packet_size() as i32,
             if running {
-                timestamp(a.started_ms)
+                timestamp(a.totals.started_ms)
             } else {
                 None
             },
-            a.map_generation as i64,
-            a.sessions_open as i64,
-            a.sessions_total as i64,
-            a.early_cache_bytes as i64,
-            a.early_dropped_conns as i64,
-            a.rejected_connections as i64,
-            a.dropped_packets as i64,
-            a.flow_violations as i64,
-            a.auth_failures as i64,
+            a.totals.map_generation as i64,
+            a.totals.sessions_open as i64,
+            a.totals.sessions_total as i64,
+            a.totals.early_cache_bytes as i64,
+            a.totals.early_dropped_conns as i64,
+            a.totals.rejected_connections as i64,
+            a.totals.dropped_packets as i64,
+            a.totals.flow_violations as i64,
+            a.totals.auth_failures as i64,
             timestamp(a.updated_ms),
-            limit(a.fd_soft_limit),
-            limit(a.fd_hard_limit),
+            limit(a.totals.fd_soft_limit),
+            limit(a.totals.fd_hard_limit),
             gucs::max_status_entries() as i32,
             i64::from(if running { a.entries_missing() } else { 0 }),
             opt(last_error),
-            a.socket_takeovers as i64,
+            a.totals.socket_takeovers as i64,
         )
     });
     TableIterator::once(row)

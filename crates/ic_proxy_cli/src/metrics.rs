@@ -180,7 +180,7 @@ pub fn render(r: &Report) -> String {
         "ic_proxy_start_time_seconds",
         "gauge",
         "When the proxy started, in seconds since the Unix epoch.",
-        &[(String::new(), s.started_ms as f64 / 1000.0)],
+        &[(String::new(), s.totals.started_ms as f64 / 1000.0)],
     );
     family(
         "ic_proxy_uptime_seconds",
@@ -205,82 +205,82 @@ pub fn render(r: &Report) -> String {
         "ic_proxy_map_generation",
         "gauge",
         "Reloads applied since start.",
-        &one(s.map_generation),
+        &one(s.totals.map_generation),
     );
     family(
         "ic_proxy_logical_connections",
         "gauge",
         "Logical connections open now.",
-        &one(s.sessions_open),
+        &one(s.totals.sessions_open),
     );
     family(
         "ic_proxy_logical_connections_total",
         "counter",
         "Logical connections opened since start.",
-        &one(s.sessions_total),
+        &one(s.totals.sessions_total),
     );
     family(
         "ic_proxy_early_cache_bytes",
         "gauge",
         "Bytes of packets waiting for a receiver that has not connected yet.",
-        &one(s.early_cache_bytes),
+        &one(s.totals.early_cache_bytes),
     );
     family(
         "ic_proxy_early_dropped_connections_total",
         "counter",
         "Logical connections whose early packets were dropped (cache full or expired).",
-        &one(s.early_dropped_conns),
+        &one(s.totals.early_dropped_conns),
     );
     family(
         "ic_proxy_early_dropped_bytes_total",
         "counter",
         "Bytes of early packets dropped.",
-        &one(s.early_dropped_bytes),
+        &one(s.totals.early_dropped_bytes),
     );
     family(
         "ic_proxy_rejected_connections_total",
         "counter",
         "Connections dropped for malformed or hostile input, or refused over a cap.",
-        &one(s.rejected_connections),
+        &one(s.totals.rejected_connections),
     );
     family(
         "ic_proxy_dropped_packets_total",
         "counter",
         "Packets dropped because nobody could take them.",
-        &one(s.dropped_packets),
+        &one(s.totals.dropped_packets),
     );
     family(
         "ic_proxy_flow_violations_total",
         "counter",
         "Flow-control rules broken by peers.",
-        &one(s.flow_violations),
+        &one(s.totals.flow_violations),
     );
     family(
         "ic_proxy_auth_failures_total",
         "counter",
         "Peer links refused because authentication failed.",
-        &one(s.auth_failures),
+        &one(s.totals.auth_failures),
     );
     family(
         "ic_proxy_socket_takeovers_total",
         "counter",
         "Times the backend socket's path was taken back from another process (the built-in proxy).",
-        &one(s.socket_takeovers),
+        &one(s.totals.socket_takeovers),
     );
-    if s.fd_soft_limit != 0 {
+    if s.totals.fd_soft_limit != 0 {
         family(
             "ic_proxy_fd_soft_limit",
             "gauge",
             "The proxy's open files limit (soft, raised to the hard limit at start).",
-            &one(s.fd_soft_limit),
+            &one(s.totals.fd_soft_limit),
         );
     }
-    if s.fd_hard_limit != 0 {
+    if s.totals.fd_hard_limit != 0 {
         family(
             "ic_proxy_fd_hard_limit",
             "gauge",
             "The proxy's hard open files limit.",
-            &one(s.fd_hard_limit),
+            &one(s.totals.fd_hard_limit),
         );
     }
 

@@ -155,7 +155,7 @@ pub struct PeerRow {
 impl Report {
     /// Seconds since the proxy started.
     pub fn uptime_secs(&self) -> f64 {
-        self.now_ms.saturating_sub(self.snap.started_ms) as f64 / 1000.0
+        self.now_ms.saturating_sub(self.snap.totals.started_ms) as f64 / 1000.0
     }
 
     /// The `proxy` record, then one `peer` record per map entry.
@@ -178,22 +178,22 @@ impl Report {
             .field("dialect", self.dialect)
             .field("threads", self.threads)
             .field("max_packet_size", self.max_packet_size)
-            .field("started_ms", s.started_ms)
+            .field("started_ms", s.totals.started_ms)
             .field("now_ms", self.now_ms)
             .field("uptime_s", format!("{:.3}", self.uptime_secs()))
-            .field("map_generation", s.map_generation)
-            .field("logical_connections", s.sessions_open)
-            .field("logical_connections_total", s.sessions_total)
-            .field("early_cache_bytes", s.early_cache_bytes)
-            .field("early_dropped_connections", s.early_dropped_conns)
-            .field("early_dropped_bytes", s.early_dropped_bytes)
-            .field("rejected_connections", s.rejected_connections)
-            .field("dropped_packets", s.dropped_packets)
-            .field("flow_violations", s.flow_violations)
-            .field("auth_failures", s.auth_failures)
-            .field("socket_takeovers", s.socket_takeovers)
-            .field("fd_soft_limit", opt(s.fd_soft_limit))
-            .field("fd_hard_limit", opt(s.fd_hard_limit));
+            .field("map_generation", s.totals.map_generation)
+            .field("logical_connections", s.totals.sessions_open)
+            .field("logical_connections_total", s.totals.sessions_total)
+            .field("early_cache_bytes", s.totals.early_cache_bytes)
+            .field("early_dropped_connections", s.totals.early_dropped_conns)
+            .field("early_dropped_bytes", s.totals.early_dropped_bytes)
+            .field("rejected_connections", s.totals.rejected_connections)
+            .field("dropped_packets", s.totals.dropped_packets)
+            .field("flow_violations", s.totals.flow_violations)
+            .field("auth_failures", s.totals.auth_failures)
+            .field("socket_takeovers", s.totals.socket_takeovers)
+            .field("fd_soft_limit", opt(s.totals.fd_soft_limit))
+            .field("fd_hard_limit", opt(s.totals.fd_hard_limit));
         let mut out = vec![proxy];
         for r in &self.rows {
             let mut peer = Record::new("peer");

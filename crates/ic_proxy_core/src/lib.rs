@@ -28,5 +28,5 @@ pub use handle::{ProxyHandle, StopError};
 pub use listener::bind_backend_socket;
 pub use peer::PROBE_SESSION_ID;
 pub use proxy::{run, Listeners, ProxyError};
-pub use status::{PeerSnapshot, PeerState, PeerTraffic, StatusBoard, StatusSnapshot};
+pub use status::{PeerSnapshot, PeerState, PeerTraffic, ProxyTotals, StatusBoard, StatusSnapshot};
 pub use trim::TrimPolicy;

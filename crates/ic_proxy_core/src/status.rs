@@ -225,10 +225,21 @@ pub struct StatusBoard {
     peers: RwLock<Vec<Arc<PeerStats>>>,
 }
 
+/// The whole proxy at one moment.
 #[derive(Clone, Debug)]
 pub struct StatusSnapshot {
     pub peer_listener: (&'static str, String),
     pub backend_listener: (&'static str, String),
+    pub totals: ProxyTotals,
+    pub peers: Vec<PeerSnapshot>,
+}
+
+/// The proxy's counters at one moment, as plain integers: the same struct
+/// in a [`StatusSnapshot`] and in the extension's shared-memory header.
+/// Each is documented on [`ProxyCounters`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct ProxyTotals {
     pub map_generation: u64,
     pub started_ms: u64,
     pub sessions_open: u64,
@@ -243,7 +254,6 @@ pub struct StatusSnapshot {
     pub socket_takeovers: u64,
     pub fd_soft_limit: u64,
     pub fd_hard_limit: u64,
-    pub peers: Vec<PeerSnapshot>,
 }
 
 impl StatusBoard {
@@ -272,20 +282,22 @@ impl StatusBoard {
         StatusSnapshot {
             peer_listener: self.peer_listener.get(),
             backend_listener: self.backend_listener.get(),
-            map_generation: c.map_generation.load(Relaxed),
-            started_ms: c.started_ms.load(Relaxed),
-            sessions_open: c.sessions_open.load(Relaxed).max(0) as u64,
-            sessions_total: c.sessions_total.load(Relaxed),
-            early_cache_bytes: c.early_cache_bytes.load(Relaxed).max(0) as u64,
-            early_dropped_conns: c.early_dropped_conns.load(Relaxed),
-            early_dropped_bytes: c.early_dropped_bytes.load(Relaxed),
-            rejected_connections: c.rejected_connections.load(Relaxed),
-            dropped_packets: c.dropped_packets.load(Relaxed),
-            flow_violations: c.flow_violations.load(Relaxed),
-            auth_failures: c.auth_failures.load(Relaxed),
-            socket_takeovers: c.socket_takeovers.load(Relaxed),
-            fd_soft_limit: c.fd_soft_limit.load(Relaxed),
-            fd_hard_limit: c.fd_hard_limit.load(Relaxed),
+            totals: ProxyTotals {
+                map_generation: c.map_generation.load(Relaxed),
+                started_ms: c.started_ms.load(Relaxed),
+                sessions_open: c.sessions_open.load(Relaxed).max(0) as u64,
+                sessions_total: c.sessions_total.load(Relaxed),
+                early_cache_bytes: c.early_cache_bytes.load(Relaxed).max(0) as u64,
+                early_dropped_conns: c.early_dropped_conns.load(Relaxed),
+                early_dropped_bytes: c.early_dropped_bytes.load(Relaxed),
+                rejected_connections: c.rejected_connections.load(Relaxed),
+                dropped_packets: c.dropped_packets.load(Relaxed),
+                flow_violations: c.flow_violations.load(Relaxed),
+                auth_failures: c.auth_failures.load(Relaxed),
+                socket_takeovers: c.socket_takeovers.load(Relaxed),
+                fd_soft_limit: c.fd_soft_limit.load(Relaxed),
+                fd_hard_limit: c.fd_hard_limit.load(Relaxed),
+            },
             peers: self.peers.read().iter().map(|p| p.snapshot()).collect(),
         }
     }

@@ -377,7 +377,7 @@ impl Case {
         // move for the attack only from here on.
         for p in &mesh.proxies {
             crate::wait_until("the healthy sessions registered", || {
-                p.status.snapshot().sessions_open == 2
+                p.status.snapshot().totals.sessions_open == 2
             })
             .await;
         }

@@ -23,7 +23,7 @@ async fn proxies_sharing_the_secret_link_and_carry_data() {
     let (sent, got) = tokio::join!(send_stream(tx, 1, 300, 5000), recv_stream(rx));
     assert_eq!(sent.unwrap(), got.unwrap().0);
     for p in &mesh.proxies {
-        assert_eq!(p.status.snapshot().auth_failures, 0);
+        assert_eq!(p.status.snapshot().totals.auth_failures, 0);
     }
     mesh.shutdown().await;
 }
@@ -52,7 +52,7 @@ async fn refused(
     mesh.spawn(a2, l2, map);
     let p = mesh.proxy(counted_on);
     wait_until("refused attempts counted", || {
-        p.status.snapshot().auth_failures >= 2
+        p.status.snapshot().totals.auth_failures >= 2
     })
     .await;
     let link_state = |p: &TestProxy| {
@@ -208,7 +208,7 @@ async fn turning_authentication_on_by_reload_ends_every_unauthenticated_link() {
         .await
         .expect("its PEER HELLO is acknowledged");
     wait_until("the impostor refused", || {
-        p1.status.snapshot().auth_failures >= 1
+        p1.status.snapshot().totals.auth_failures >= 1
     })
     .await;
     assert_ne!(hostile_state(p1, FAKE_DBID), Some(PeerState::Connected));

@@ -60,7 +60,7 @@ async fn a_connection_evicted_from_the_early_cache_ends_at_both_ends() {
     let victim = spec(&p1.addr, &p2.addr, 0);
     let mut first = send_early(&mesh, 1, victim, 25, 8000).await;
     wait_until("the first connection is cached", || {
-        p2.status.snapshot().early_cache_bytes >= 200_000
+        p2.status.snapshot().totals.early_cache_bytes >= 200_000
     })
     .await;
     // Twelve more senders write 200 KB each: the 1 MB cap evicts the oldest.
@@ -69,7 +69,7 @@ async fn a_connection_evicted_from_the_early_cache_ends_at_both_ends() {
         others.push(send_early(&mesh, 1, spec(&p1.addr, &p2.addr, n), 25, 8000).await);
     }
     wait_until("the first connection is evicted", || {
-        p2.status.snapshot().early_dropped_conns >= 1
+        p2.status.snapshot().totals.early_dropped_conns >= 1
     })
     .await;
     let evicted = Instant::now();
@@ -110,7 +110,7 @@ async fn a_connection_expired_in_the_early_cache_ends_at_both_ends() {
     let mut tx = send_early(&mesh, 1, s, 10, 1000).await;
     tx.finish().await.unwrap();
     wait_until("the connection expires", || {
-        p2.status.snapshot().early_dropped_conns >= 1
+        p2.status.snapshot().totals.early_dropped_conns >= 1
     })
     .await;
     let got = read_to_end(&mut tx, PROMPT).await;
@@ -143,7 +143,7 @@ async fn one_flooding_peer_cannot_evict_another_peers_waiting_connection() {
     let mut tx = send_early(&mesh, 2, patient, 25, 4000).await;
     tx.finish().await.unwrap();
     wait_until("the patient connection is cached", || {
-        p1.status.snapshot().early_cache_bytes >= 100_000
+        p1.status.snapshot().totals.early_cache_bytes >= 100_000
     })
     .await;
     // Proxy 3 floods proxy 1's cache with 2.4 MB for nobody.
@@ -152,7 +152,7 @@ async fn one_flooding_peer_cannot_evict_another_peers_waiting_connection() {
         flood.push(send_early(&mesh, 3, spec(&p3.addr, &p1.addr, n), 25, 8000).await);
     }
     wait_until("the flood is evicted", || {
-        p1.status.snapshot().early_dropped_conns >= 6
+        p1.status.snapshot().totals.early_dropped_conns >= 6
     })
     .await;
     let s1 = p1.status.snapshot();
@@ -205,7 +205,7 @@ async fn an_older_sessions_packets_never_reach_a_newer_session() {
     old_tx.send_packet(b"OLD-DATA").await.unwrap();
     old_tx.finish().await.unwrap();
     wait_until("OLD-DATA waits on proxy 2", || {
-        p2.status.snapshot().early_cache_bytes > 0
+        p2.status.snapshot().totals.early_cache_bytes > 0
     })
     .await;
     // Session 501, same pids, slices and command: receiver and sender.
@@ -244,7 +244,7 @@ async fn a_newer_command_in_the_same_session_reads_its_own_data_only() {
     old_tx.send_packet(b"OLD-DATA").await.unwrap();
     old_tx.finish().await.unwrap();
     wait_until("OLD-DATA waits on proxy 2", || {
-        p2.status.snapshot().early_cache_bytes > 0
+        p2.status.snapshot().totals.early_cache_bytes > 0
     })
     .await;
     let new = ConnSpec {

@@ -43,19 +43,19 @@ macro_rules! hostile {
 }
 
 fn rejected(s: &StatusSnapshot) -> u64 {
-    s.rejected_connections
+    s.totals.rejected_connections
 }
 fn dropped(s: &StatusSnapshot) -> u64 {
-    s.dropped_packets
+    s.totals.dropped_packets
 }
 fn flow(s: &StatusSnapshot) -> u64 {
-    s.flow_violations
+    s.totals.flow_violations
 }
 fn early_dropped(s: &StatusSnapshot) -> u64 {
-    s.early_dropped_conns
+    s.totals.early_dropped_conns
 }
 fn auth_failures(s: &StatusSnapshot) -> u64 {
-    s.auth_failures
+    s.totals.auth_failures
 }
 
 const C: Dialect = Dialect::C;
@@ -740,7 +740,7 @@ hostile!(unix_duplicate_hello_waits_for_the_first_session, |c| {
     );
     let (mut first, mut rx1) = (first.unwrap(), rx1.unwrap());
     // The first session is registered (after its HELLO ACK was written).
-    c.wait_delta(1, |s| s.sessions_total, 1).await;
+    c.wait_delta(1, |s| s.totals.sessions_total, 1).await;
     let mut second = LogicalConn::connect(&p1.socket, s, &opts).await.unwrap();
     second.send_packet(b"second statement").await.unwrap();
     second.finish().await.unwrap();
@@ -846,7 +846,7 @@ hostile!(
             .await
             .unwrap();
         wait_until("the packet cached", || {
-            p1.status.snapshot().early_cache_bytes >= 1000
+            p1.status.snapshot().totals.early_cache_bytes >= 1000
         })
         .await;
         c.wait_delta(1, early_dropped, 1).await;
@@ -895,11 +895,11 @@ hostile!(
                 b.extend(packet(C, PacketType::Data, &nobody.reversed(), &p));
             }
             f.send(&b).await.unwrap();
-            max_seen = max_seen.max(p1.status.snapshot().early_cache_bytes);
+            max_seen = max_seen.max(p1.status.snapshot().totals.early_cache_bytes);
         }
         c.wait_delta(1, early_dropped, 50).await;
         let s = p1.status.snapshot();
-        max_seen = max_seen.max(s.early_cache_bytes);
+        max_seen = max_seen.max(s.totals.early_cache_bytes);
         assert!(
             max_seen <= SMALL_CAP as u64,
             "the cache reached {max_seen} bytes, over its cap {SMALL_CAP}"
@@ -952,7 +952,7 @@ hostile!(data_ack_for_nothing, |c| {
     c.wait_log(&["dropped a DATA ACK", &nobody.to_string()])
         .await;
     // Never cached: a late ACK has nobody to wait for.
-    assert_eq!(p1.status.snapshot().early_cache_bytes, 0);
+    assert_eq!(p1.status.snapshot().totals.early_cache_bytes, 0);
 });
 
 hostile!(data_ack_credit_overflow_closes_only_that_connection, |c| {
@@ -1399,7 +1399,7 @@ hostile!(
         }
         f.send(&b).await.unwrap();
         c.wait_delta(1, early_dropped, 19_000).await;
-        assert!(p1.status.snapshot().early_cache_bytes <= SMALL_CAP as u64);
+        assert!(p1.status.snapshot().totals.early_cache_bytes <= SMALL_CAP as u64);
         // One warning per dropped connection would be 19,000 lines: the
         // warnings are limited to a burst a second, and say how many were
         // left out.

@@ -92,7 +92,7 @@ async fn a_late_receiver_gets_every_early_packet_in_order() {
     tx.finish().await.unwrap();
     // Everything, BYE included, now waits in proxy 2's early cache.
     wait_until("packets cached on proxy 2", || {
-        p2.status.snapshot().early_cache_bytes >= 50 * 1004
+        p2.status.snapshot().totals.early_cache_bytes >= 50 * 1004
     })
     .await;
     let rx = LogicalConn::connect(&p2.socket, s.reversed(), &opts)
@@ -101,7 +101,7 @@ async fn a_late_receiver_gets_every_early_packet_in_order() {
     let (got, count) = recv_stream(rx).await.unwrap();
     assert_eq!(got, expected_digest(4, 50, 1000));
     assert_eq!(count, 50);
-    assert_eq!(p2.status.snapshot().early_cache_bytes, 0);
+    assert_eq!(p2.status.snapshot().totals.early_cache_bytes, 0);
     mesh.shutdown().await;
 }
 
@@ -126,14 +126,14 @@ async fn the_early_cache_cap_drops_the_oldest_connection_not_the_proxy() {
         tx.finish().await.unwrap();
     }
     wait_until("cache drops counted", || {
-        p2.status.snapshot().early_dropped_conns >= 5
+        p2.status.snapshot().totals.early_dropped_conns >= 5
     })
     .await;
     let s = p2.status.snapshot();
     assert!(
-        s.early_cache_bytes <= 1 << 20,
+        s.totals.early_cache_bytes <= 1 << 20,
         "cache over its cap: {}",
-        s.early_cache_bytes
+        s.totals.early_cache_bytes
     );
     // The proxy still carries a healthy connection.
     let (tx, rx) = open_pair(&mesh, 1, 2, 1).await;
@@ -334,7 +334,7 @@ async fn reload_adds_and_removes_a_peer_without_disturbing_the_others() {
     let p1 = mesh.proxy(1);
     wait_until("peer 3 gone from proxy 1", || {
         let s = p1.status.snapshot();
-        s.map_generation >= 3 && s.peers.iter().all(|p| p.addr.dbid != 3)
+        s.totals.map_generation >= 3 && s.peers.iter().all(|p| p.addr.dbid != 3)
     })
     .await;
     let (sent, got) = stream.await.unwrap();
@@ -374,7 +374,7 @@ async fn a_dialect_b_backend_is_refused_clearly_instead_of_hanging() {
         r.err()
     );
     wait_until("the refusal counted", || {
-        p1.status.snapshot().rejected_connections == 1
+        p1.status.snapshot().totals.rejected_connections == 1
     })
     .await;
     mesh.shutdown().await;
