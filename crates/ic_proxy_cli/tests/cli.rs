@@ -7,118 +7,21 @@ mod common;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{free_port, ic_proxy, signal, text, wait_exit, BIN, POLL};
+use common::{free_port, ic_proxy, signal, text, wait_exit, ProxyProcess, BIN, POLL};
 use ic_proxy_client::{ClientOptions, ConnSpec, Endpoint, LogicalConn, RecvItem};
 use ic_proxy_core::address_map::AddressMap;
 
 /// Bound on every wait; generous because other builds share the 2 cores.
 const DEADLINE: Duration = Duration::from_secs(60);
 
-/// One `ic-proxy run` process whose stderr goes to a file, killed if a test
-/// fails before stopping it.
-struct ProxyProcess {
-    child: Child,
-    socket: PathBuf,
-    log: PathBuf,
-}
-
-impl ProxyProcess {
-    /// Starts `ic-proxy run` with `map_args` (--addresses or
-    /// --addresses-file) and waits until its backend socket exists.
-    fn start(dir: &Path, dbid: u16, map_args: &[&str], extra: &[&str]) -> ProxyProcess {
-        let (port, pid) = (5000 + dbid, 40_000 + u32::from(dbid));
-        let log = dir.join(format!("proxy{dbid}.log"));
-        let child = Command::new(BIN)
-            .arg("run")
-            .args(map_args)
-            .args(["--dbid", &dbid.to_string()])
-            .args(["--port", &port.to_string(), "--pid", &pid.to_string()])
-            .arg("--socket-dir")
-            .arg(dir)
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(File::create(&log).expect("log file"))
-            .spawn()
-            .expect("spawn ic-proxy run");
-        let mut proxy = ProxyProcess {
-            child,
-            socket: dir.join(format!(".s.PGSQL.ic_proxy.{port}.{pid}")),
-            log,
-        };
-        proxy.wait_ready();
-        proxy
-    }
-
-    fn wait_ready(&mut self) {
-        let until = Instant::now() + DEADLINE;
-        while !self.socket.exists() {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                panic!("proxy exited with {status}:\n{}", self.log());
-            }
-            assert!(
-                Instant::now() < until,
-                "no socket {} within {DEADLINE:?}:\n{}",
-                self.socket.display(),
-                self.log()
-            );
-            thread::sleep(POLL);
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// The log once it contains `needle`.
-    fn wait_for_log(&self, needle: &str) -> String {
-        let until = Instant::now() + DEADLINE;
-        loop {
-            let log = self.log();
-            if log.contains(needle) {
-                return log;
-            }
-            assert!(
-                Instant::now() < until,
-                "{needle:?} not logged within {DEADLINE:?}:\n{log}"
-            );
-            thread::sleep(POLL);
-        }
-    }
-
-    fn is_running(&mut self) -> bool {
-        self.child.try_wait().expect("try_wait").is_none()
-    }
-
-    /// Sends `sig` and asserts a clean stop: exit 0 and the socket removed.
-    fn stop_with(&mut self, sig: libc::c_int) {
-        signal(&self.child, sig);
-        let status = wait_exit(&mut self.child, "proxy", Duration::from_secs(20));
-        assert!(
-            status.success(),
-            "proxy exited with {status}:\n{}",
-            self.log()
-        );
-        assert!(
-            !self.socket.exists(),
-            "{} left behind:\n{}",
-            self.socket.display(),
-            self.log()
-        );
-    }
-}
-
-impl Drop for ProxyProcess {
-    fn drop(&mut self) {
-        if self.is_running() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
+/// `ic-proxy run` for instance `dbid` with `map_args` (--addresses or
+/// --addresses-file) and `extra`, once its backend socket exists.
+fn start(dir: &Path, dbid: u16, map_args: &[&str], extra: &[&str]) -> ProxyProcess {
+    ProxyProcess::start(dir, dbid, &[map_args, extra].concat())
 }
 
 #[test]
@@ -231,8 +134,8 @@ fn send_and_recv_carry_a_megabyte_between_two_proxy_processes() {
         free_port(),
         free_port()
     );
-    let mut p1 = ProxyProcess::start(dir.path(), 1, &["--addresses", &map], &[]);
-    let mut p2 = ProxyProcess::start(dir.path(), 2, &["--addresses", &map], &["--threads", "1"]);
+    let mut p1 = start(dir.path(), 1, &["--addresses", &map], &[]);
+    let mut p2 = start(dir.path(), 2, &["--addresses", &map], &["--threads", "1"]);
 
     let key = [
         "--session",
@@ -248,7 +151,7 @@ fn send_and_recv_carry_a_megabyte_between_two_proxy_processes() {
     let mut recv = Command::new(BIN)
         .arg("recv")
         .arg("--socket")
-        .arg(&p2.socket)
+        .arg(p2.socket())
         .args(key)
         .args(["--local", "0:2:202", "--remote", "-1:1:101", "--count"])
         .stdin(Stdio::null())
@@ -298,7 +201,7 @@ fn send_and_recv_carry_a_megabyte_between_two_proxy_processes() {
     let log1 = p1.log();
     assert!(log1.contains(&format!(
         "backends connect to {}, peers to 127.0.0.1:",
-        p1.socket.display()
+        p1.socket().display()
     )));
     p1.stop_with(libc::SIGTERM);
     p2.stop_with(libc::SIGTERM);
@@ -312,13 +215,13 @@ fn send_stops_cleanly_when_the_receiver_asks() {
         free_port(),
         free_port()
     );
-    let mut p1 = ProxyProcess::start(dir.path(), 1, &["--addresses", &map], &[]);
-    let mut p2 = ProxyProcess::start(dir.path(), 2, &["--addresses", &map], &[]);
+    let mut p1 = start(dir.path(), 1, &["--addresses", &map], &[]);
+    let mut p2 = start(dir.path(), 2, &["--addresses", &map], &[]);
     let send_err = dir.path().join("send.err");
     let mut send = Command::new(BIN)
         .arg("send")
         .arg("--socket")
-        .arg(&p1.socket)
+        .arg(p1.socket())
         .args(["--session", "9", "--command", "1", "--send-slice", "2"])
         .args([
             "--recv-slice",
@@ -366,7 +269,7 @@ fn send_stops_cleanly_when_the_receiver_asks() {
         .build()
         .unwrap();
     let after_stop = runtime.block_on(async {
-        let mut rx = LogicalConn::connect(&p2.socket, spec, &ClientOptions::default())
+        let mut rx = LogicalConn::connect(p2.socket(), spec, &ClientOptions::default())
             .await
             .expect("receiver connects");
         let first = rx.recv().await.expect("first packet");
@@ -401,7 +304,7 @@ fn sighup_rereads_the_map_file_and_keeps_the_old_map_when_the_new_one_is_bad() {
     let map = format!("1:-1:127.0.0.1:{p1},2:0:127.0.0.1:{p2}");
     std::fs::write(&file, &map).unwrap();
     let file_arg = file.to_str().unwrap();
-    let mut proxy = ProxyProcess::start(dir.path(), 1, &["--addresses-file", file_arg], &[]);
+    let mut proxy = start(dir.path(), 1, &["--addresses-file", file_arg], &[]);
 
     std::fs::write(&file, format!("1:-1:127.0.0.1:{p1},2:0:127.0.0.1:99999")).unwrap();
     signal(&proxy.child, libc::SIGHUP);
@@ -415,7 +318,7 @@ fn sighup_rereads_the_map_file_and_keeps_the_old_map_when_the_new_one_is_bad() {
         "{log}"
     );
     assert!(proxy.is_running(), "{log}");
-    assert!(proxy.socket.exists());
+    assert!(proxy.socket().exists());
 
     // One entry per line is fine: whitespace around entries is ignored.
     std::fs::write(&file, format!("{map},\n3:1:127.0.0.1:{p3}\n")).unwrap();
@@ -479,8 +382,8 @@ fn sighup_rereads_the_peer_auth_secret_file_and_relinks_with_the_new_secret() {
     let a2 = secret_arg(&s2);
     let a1: Vec<&str> = a1.iter().map(String::as_str).collect();
     let a2: Vec<&str> = a2.iter().map(String::as_str).collect();
-    let proxy1 = ProxyProcess::start(dir.path(), 1, &["--addresses", &map], &a1);
-    let proxy2 = ProxyProcess::start(dir.path(), 2, &["--addresses", &map], &a2);
+    let mut proxy1 = start(dir.path(), 1, &["--addresses", &map], &a1);
+    let mut proxy2 = start(dir.path(), 2, &["--addresses", &map], &a2);
     proxy1.wait_for_log("peer dbid 2 (content 0) connected");
 
     // A new secret on dbid 1 only: its link, made with the old one, ends,

@@ -8,16 +8,15 @@
 
 mod common;
 
-use std::fs::File;
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+
 use std::thread;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use common::{free_port, BIN};
+use common::{free_port, run_command, ProxyProcess};
 use ic_proxy_core::protocol::{
     encode_packet, ictcp_packet, Dialect, Endpoint, Header, PacketDecoder, PacketType,
 };
@@ -42,17 +41,10 @@ fn memory(pid: u32, field: &str) -> usize {
     kib * 1024
 }
 
+/// The proxy under test (dbid 1) and the peer port it listens on.
 struct Proxy {
-    child: Child,
-    log: PathBuf,
+    process: ProxyProcess,
     port: u16,
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl Proxy {
@@ -60,22 +52,35 @@ impl Proxy {
         let (port, fake_port) = (free_port(), free_port());
         let map = format!("1:-1:127.0.0.1:{port},3:1:127.0.0.1:{fake_port}");
         let log = dir.join("proxy.log");
-        let child = Command::new(BIN)
-            .args(["run", "--addresses", &map, "--dbid", "1"])
-            .args(["--port", "5432", "--pid", "4242", "--threads", "2"])
-            .args(["--early-cache-size", &CAP.to_string()])
-            .arg("--socket-dir")
-            .arg(dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(File::create(&log).unwrap())
-            .spawn()
-            .expect("spawn ic-proxy run");
-        Proxy { child, log, port }
+        let cap = CAP.to_string();
+        let dir_arg = dir.to_str().expect("a UTF-8 path");
+        let args = [
+            "--addresses",
+            &map,
+            "--dbid",
+            "1",
+            "--port",
+            "5432",
+            "--pid",
+            "4242",
+        ];
+        let more = [
+            "--threads",
+            "2",
+            "--early-cache-size",
+            &cap,
+            "--socket-dir",
+            dir_arg,
+        ];
+        let cmd = run_command(&log, &[&args[..], &more[..]].concat());
+        Proxy {
+            process: ProxyProcess::spawn(cmd, log),
+            port,
+        }
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        self.process.log()
     }
 }
 
@@ -114,7 +119,7 @@ impl Fake {
                 break s;
             }
             assert!(
-                p.child.try_wait().unwrap().is_none(),
+                p.process.child.try_wait().unwrap().is_none(),
                 "proxy died:\n{}",
                 p.log()
             );
@@ -231,7 +236,7 @@ fn flood_and_measure(keys: u32, per_key: u32, size: usize) -> (usize, usize) {
     // Warm up the paths the flood takes, then take the baseline.
     f.flood(16, 2, size);
     f.sync();
-    let pid = p.child.id();
+    let pid = p.process.child.id();
     let before = memory(pid, "VmRSS");
     let flooded = f.flood(keys, per_key, size);
     f.sync();
@@ -250,7 +255,10 @@ fn flood_and_measure(keys: u32, per_key: u32, size: usize) -> (usize, usize) {
         cache_full_lines(&log) > 0,
         "the cap never dropped anything:\n{log}"
     );
-    assert!(p.child.try_wait().unwrap().is_none(), "proxy died:\n{log}");
+    assert!(
+        p.process.child.try_wait().unwrap().is_none(),
+        "proxy died:\n{log}"
+    );
     (
         after
             .saturating_sub(before)
@@ -292,7 +300,7 @@ fn probes_from_a_peer_that_reads_nothing_leave_rss_flat() {
     let mut p = Proxy::start(dir.path());
     let mut f = Fake::link(&mut p);
     f.sync();
-    let pid = p.child.id();
+    let pid = p.process.child.id();
     let before = memory(pid, "VmRSS");
     let mut probe = BytesMut::new();
     for i in 0..128 {
@@ -317,7 +325,7 @@ fn probes_from_a_peer_that_reads_nothing_leave_rss_flat() {
         after / 1024
     );
     assert!(
-        p.child.try_wait().unwrap().is_none(),
+        p.process.child.try_wait().unwrap().is_none(),
         "proxy died:\n{}",
         p.log()
     );

@@ -7,18 +7,17 @@
 
 mod common;
 
-use std::fs::File;
 use std::io::ErrorKind;
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+
 use std::sync::Once;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{carry, free_port, spec_1_to_2, BIN, MEGABYTE_PACKETS};
+use common::{carry, free_port, instance_command, spec_1_to_2, ProxyProcess, MEGABYTE_PACKETS};
 use ic_proxy_client::{ClientError, ClientOptions, ConnSpec, LogicalConn};
 
 /// Bound on every wait; generous because other builds share the 2 cores.
@@ -57,111 +56,58 @@ fn raise_own_nofile() {
     });
 }
 
-/// One `ic-proxy run`, killed on drop.
-struct Proxy {
-    child: Child,
-    socket: PathBuf,
-    log: PathBuf,
+/// `ic-proxy run --addresses MAP --threads 2` for instance `dbid`; with
+/// `limited`, under RLIMIT_NOFILE 1024:1024, otherwise with the test's own
+/// limit.
+fn start(dir: &Path, dbid: u16, map: &str, limited: bool) -> ProxyProcess {
+    let (mut cmd, names) = instance_command(dir, dbid, &["--addresses", map, "--threads", "2"]);
+    // SAFETY: between fork and exec only setrlimit, which is
+    // async-signal-safe, on a struct on this stack.
+    unsafe {
+        cmd.pre_exec(move || {
+            if !limited {
+                return Ok(());
+            }
+            let r = libc::rlimit {
+                rlim_cur: PROXY_NOFILE,
+                rlim_max: PROXY_NOFILE,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &r) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let proxy = ProxyProcess::spawn_named(cmd, names);
+    let limits =
+        std::fs::read_to_string(format!("/proc/{}/limits", proxy.child.id())).expect("proc limits");
+    let nofile: Vec<&str> = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("Max open files")
+        .split_whitespace()
+        .collect();
+    if limited {
+        assert_eq!(nofile[3..5], ["1024", "1024"], "{limits}");
+    }
+    proxy
 }
 
-impl Proxy {
-    /// With `limited`, under RLIMIT_NOFILE 1024:1024; otherwise with the
-    /// test's own limit.
-    fn start(dir: &Path, dbid: u16, map: &str, limited: bool) -> Proxy {
-        let (port, pid) = (6000 + dbid, 50_000 + u32::from(dbid));
-        let log = dir.join(format!("proxy{dbid}.log"));
-        let mut cmd = Command::new(BIN);
-        cmd.args(["run", "--addresses", map, "--dbid", &dbid.to_string()])
-            .args(["--port", &port.to_string(), "--pid", &pid.to_string()])
-            .args(["--threads", "2"])
-            .arg("--socket-dir")
-            .arg(dir)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(File::create(&log).expect("log file"));
-        // SAFETY: between fork and exec only setrlimit, which is
-        // async-signal-safe, on a struct on this stack.
-        unsafe {
-            cmd.pre_exec(move || {
-                if !limited {
-                    return Ok(());
-                }
-                let r = libc::rlimit {
-                    rlim_cur: PROXY_NOFILE,
-                    rlim_max: PROXY_NOFILE,
-                };
-                if libc::setrlimit(libc::RLIMIT_NOFILE, &r) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let child = cmd.spawn().expect("spawn ic-proxy run");
-        let proxy = Proxy {
-            child,
-            socket: dir.join(format!(".s.PGSQL.ic_proxy.{port}.{pid}")),
-            log,
-        };
-        let limits = std::fs::read_to_string(format!("/proc/{}/limits", proxy.child.id()))
-            .expect("proc limits");
-        let nofile: Vec<&str> = limits
-            .lines()
-            .find(|l| l.starts_with("Max open files"))
-            .expect("Max open files")
-            .split_whitespace()
-            .collect();
-        if limited {
-            assert_eq!(nofile[3..5], ["1024", "1024"], "{limits}");
-        }
-        proxy
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn assert_running(&mut self) {
-        if let Some(status) = self.child.try_wait().expect("try_wait") {
-            panic!("proxy exited with {status}:\n{}", self.log());
-        }
-    }
-
-    fn wait_for_log(&mut self, needle: &str) {
-        let until = Instant::now() + DEADLINE;
-        while !self.log().contains(needle) {
-            self.assert_running();
-            assert!(
-                Instant::now() < until,
-                "{needle:?} not logged within {DEADLINE:?}:\n{}",
-                self.log()
-            );
-            thread::sleep(POLL);
-        }
-    }
-
-    /// Descriptors the proxy has open now.
-    fn open_descriptors(&self) -> usize {
-        std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
-            .map(|d| d.count())
-            .unwrap_or(0)
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Descriptors the proxy has open now.
+fn open_descriptors(p: &ProxyProcess) -> usize {
+    std::fs::read_dir(format!("/proc/{}/fd", p.child.id()))
+        .map(|d| d.count())
+        .unwrap_or(0)
 }
 
 /// Two proxies, dbid 1 (content -1) and dbid 2 (content 0), linked; the
 /// first under the 1024 limit, the second too when `both_limited`.
-fn mesh(dir: &Path, both_limited: bool) -> (Proxy, Proxy, u16) {
+fn mesh(dir: &Path, both_limited: bool) -> (ProxyProcess, ProxyProcess, u16) {
     raise_own_nofile();
     let port1 = free_port();
     let map = format!("1:-1:127.0.0.1:{port1},2:0:127.0.0.1:{}", free_port());
-    let mut p1 = Proxy::start(dir, 1, &map, true);
-    let mut p2 = Proxy::start(dir, 2, &map, both_limited);
+    let mut p1 = start(dir, 1, &map, true);
+    let mut p2 = start(dir, 2, &map, both_limited);
     p1.wait_for_log("peer dbid 2 (content 0) connected");
     p2.wait_for_log("peer dbid 1 (content -1) connected");
     (p1, p2, port1)
@@ -190,14 +136,14 @@ fn runtime() -> tokio::runtime::Runtime {
 /// A backend on `p1` whose HELLO_ACK must come within [`PROMPT`] sends at
 /// least 1 MiB to a backend on `p2`, which must receive it intact and in
 /// order.
-fn stream_a_megabyte(p1: &Proxy, p2: &Proxy, session_id: i32) {
+fn stream_a_megabyte(p1: &ProxyProcess, p2: &ProxyProcess, session_id: i32) {
     let spec = spec(session_id);
     runtime().block_on(async {
-        let rx = LogicalConn::connect(&p2.socket, spec.reversed(), &options(DEADLINE))
+        let rx = LogicalConn::connect(p2.socket(), spec.reversed(), &options(DEADLINE))
             .await
             .expect("the receiver on proxy 2 connects");
         let started = Instant::now();
-        let tx = LogicalConn::connect(&p1.socket, spec, &options(PROMPT)).await;
+        let tx = LogicalConn::connect(p1.socket(), spec, &options(PROMPT)).await;
         let waited = started.elapsed();
         let tx = tx.unwrap_or_else(|e| {
             panic!(
@@ -246,7 +192,7 @@ fn tcp_flood(port: u16, n: usize) -> Vec<TcpStream> {
 /// window, so refusals are provoked (`provoke` opens one more connection the
 /// caps refuse) until a summary newer than everything before the call is
 /// there. Returns the provoking connections.
-fn flush_refusal_summary<T>(p: &mut Proxy, mut provoke: impl FnMut() -> T) -> Vec<T> {
+fn flush_refusal_summary<T>(p: &mut ProxyProcess, mut provoke: impl FnMut() -> T) -> Vec<T> {
     let before = p.log().matches(SUMMARY).count();
     let mut extra = Vec::new();
     let until = Instant::now() + DEADLINE;
@@ -316,10 +262,10 @@ fn idle_connections_on_the_peer_port_do_not_lock_out_backends() {
 
     let flood = tcp_flood(port1, 1500);
     p1.assert_running();
-    let held = p1.open_descriptors();
+    let held = open_descriptors(&p1);
     stream_a_megabyte(&p1, &p2, 2);
     p1.assert_running();
-    let held = held.max(p1.open_descriptors());
+    let held = held.max(open_descriptors(&p1));
     eprintln!(
         "lockout: peer port flood of {}: proxy 1 holds {held} descriptors",
         flood.len()
@@ -349,14 +295,14 @@ fn idle_connections_on_the_backend_socket_are_shed_and_the_proxy_recovers() {
 
     let flood: Vec<UnixStream> = (0..2000)
         .map(|i| {
-            UnixStream::connect(&p1.socket).unwrap_or_else(|e| panic!("flood connection {i}: {e}"))
+            UnixStream::connect(p1.socket()).unwrap_or_else(|e| panic!("flood connection {i}: {e}"))
         })
         .collect();
     p1.assert_running();
     // While the flood holds every handshake slot, a new backend is told at
     // once (its connection closes) instead of waiting for descriptors.
     let started = Instant::now();
-    let r = runtime().block_on(LogicalConn::connect(&p1.socket, spec(3), &options(PROMPT)));
+    let r = runtime().block_on(LogicalConn::connect(p1.socket(), spec(3), &options(PROMPT)));
     let waited = started.elapsed();
     match r {
         Ok(_) | Err(ClientError::ClosedBeforeAck) => {}
@@ -370,9 +316,9 @@ fn idle_connections_on_the_backend_socket_are_shed_and_the_proxy_recovers() {
     }
     assert!(waited < PROMPT, "answered after {waited:?}");
     p1.assert_running();
-    let socket = p1.socket.clone();
+    let socket = p1.socket().to_path_buf();
     let extra = flush_refusal_summary(&mut p1, || UnixStream::connect(&socket).expect("connect"));
-    let held = p1.open_descriptors();
+    let held = open_descriptors(&p1);
     eprintln!("lockout: backend socket flood of {}: proxy 1 holds {held} descriptors, a new backend answered after {waited:?}", flood.len());
     assert!(
         held <= PENDING_CAP + 64,
@@ -385,7 +331,7 @@ fn idle_connections_on_the_backend_socket_are_shed_and_the_proxy_recovers() {
     // Once the flood is gone the proxy serves backends again: the sender's
     // HELLO_ACK within a second, and its stream.
     let until = Instant::now() + DEADLINE;
-    while p1.open_descriptors() > PENDING_CAP / 4 {
+    while open_descriptors(&p1) > PENDING_CAP / 4 {
         assert!(Instant::now() < until, "the flood's descriptors stay open");
         thread::sleep(POLL);
     }
@@ -466,13 +412,13 @@ fn out_of_descriptors_a_backend_is_refused_at_once_and_served_once_some_are_free
         let spec = spec(1000 + sessions.len() as i32);
         let far = rt
             .block_on(LogicalConn::connect(
-                &p2.socket,
+                p2.socket(),
                 spec.reversed(),
                 &options(DEADLINE),
             ))
             .expect("the other end on proxy 2 connects");
         let started = Instant::now();
-        match rt.block_on(LogicalConn::connect(&p1.socket, spec, &options(PROMPT))) {
+        match rt.block_on(LogicalConn::connect(p1.socket(), spec, &options(PROMPT))) {
             Ok(near) => sessions.push((near, far)),
             Err(e) => {
                 refused_after(e);
@@ -486,7 +432,7 @@ fn out_of_descriptors_a_backend_is_refused_at_once_and_served_once_some_are_free
     for i in 0..20 {
         let started = Instant::now();
         let r = rt.block_on(LogicalConn::connect(
-            &p1.socket,
+            p1.socket(),
             spec(-1 - i),
             &options(PROMPT),
         ));
@@ -513,11 +459,11 @@ fn out_of_descriptors_a_backend_is_refused_at_once_and_served_once_some_are_free
     drop(sessions.drain(..10));
     let until = Instant::now() + DEADLINE;
     let free = PROXY_NOFILE as usize - 10;
-    while p1.open_descriptors() > free {
+    while open_descriptors(&p1) > free {
         assert!(
             Instant::now() < until,
             "the ended sessions stay open ({} descriptors):\n{}",
-            p1.open_descriptors(),
+            open_descriptors(&p1),
             p1.log()
         );
         thread::sleep(POLL);

@@ -4,116 +4,37 @@
 
 mod common;
 
-use std::fs::File;
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{free_port, ic_proxy, text, BIN, POLL};
+use common::{free_port, ic_proxy, text, ProxyProcess, BIN, POLL};
 use ic_proxy_client::{ClientOptions, ConnSpec, Endpoint, LogicalConn, RecvItem};
 
 /// Bound on every wait; generous because other builds share the 2 cores.
 const DEADLINE: Duration = Duration::from_secs(60);
 
-/// One `ic-proxy run` process (postmaster port 6000 + dbid), killed if a
-/// test fails before stopping it.
-struct ProxyProcess {
-    child: Child,
-    socket: PathBuf,
-    control: PathBuf,
-    log: PathBuf,
+/// `ic-proxy run --addresses MAP` for instance `dbid` with `extra`, once
+/// its backend socket exists.
+fn start(dir: &Path, dbid: u16, map: &str, extra: &[&str]) -> ProxyProcess {
+    ProxyProcess::start(dir, dbid, &[&["--addresses", map][..], extra].concat())
 }
 
-impl ProxyProcess {
-    fn start(dir: &Path, dbid: u16, map: &str, extra: &[&str]) -> ProxyProcess {
-        let (port, pid) = (6000 + dbid, 50_000 + u32::from(dbid));
-        let log = dir.join(format!("proxy{dbid}.log"));
-        let child = Command::new(BIN)
-            .args(["run", "--addresses", map, "--dbid", &dbid.to_string()])
-            .args(["--port", &port.to_string(), "--pid", &pid.to_string()])
-            .arg("--socket-dir")
-            .arg(dir)
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(File::create(&log).expect("log file"))
-            .spawn()
-            .expect("spawn ic-proxy run");
-        let mut proxy = ProxyProcess {
-            child,
-            socket: dir.join(format!(".s.PGSQL.ic_proxy.{port}.{pid}")),
-            control: dir.join(format!(".s.PGSQL.ic_proxy.{port}.control")),
-            log,
-        };
-        proxy.wait_for(|p| p.socket.exists(), "the backend socket");
-        proxy
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn wait_for(&mut self, ready: impl Fn(&ProxyProcess) -> bool, what: &str) {
-        let until = Instant::now() + DEADLINE;
-        while !ready(self) {
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                panic!("proxy exited with {status}:\n{}", self.log());
-            }
-            assert!(
-                Instant::now() < until,
-                "no {what} within {DEADLINE:?}:\n{}",
-                self.log()
-            );
-            thread::sleep(POLL);
-        }
-    }
-
-    /// The address `--metrics-listen 127.0.0.1:0` was given.
-    fn metrics_addr(&mut self) -> String {
-        const AT: &str = "metrics at http://";
-        self.wait_for(|p| p.log().contains(AT), "metrics line in the log");
-        let log = self.log();
-        let rest = &log[log.find(AT).unwrap() + AT.len()..];
-        rest[..rest.find("/metrics").unwrap()].to_string()
-    }
-
-    fn control_arg(&self) -> String {
-        self.control.display().to_string()
-    }
-
-    /// SIGTERM, exit 0, and both sockets gone.
-    fn stop(&mut self) {
-        // SAFETY: kill(2) with a pid we spawned and have not yet reaped.
-        assert_eq!(
-            unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) },
-            0
-        );
-        let until = Instant::now() + DEADLINE;
-        let status = loop {
-            if let Some(s) = self.child.try_wait().expect("try_wait") {
-                break s;
-            }
-            assert!(Instant::now() < until, "no exit after SIGTERM");
-            thread::sleep(POLL);
-        };
-        assert!(status.success(), "{status}:\n{}", self.log());
-        assert!(!self.socket.exists(), "{}", self.socket.display());
-        assert!(!self.control.exists(), "{}", self.control.display());
-    }
+/// The address `--metrics-listen 127.0.0.1:0` was given.
+fn metrics_addr(p: &mut ProxyProcess) -> String {
+    const AT: &str = "metrics at http://";
+    let log = p.wait_for_log(AT);
+    let rest = &log[log.find(AT).unwrap() + AT.len()..];
+    rest[..rest.find("/metrics").unwrap()].to_string()
 }
 
-impl Drop for ProxyProcess {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
+fn control_arg(p: &ProxyProcess) -> String {
+    p.names.control.display().to_string()
 }
 
 /// The map of dbid 1 (content -1) and dbid 2 (content 0), and their ports.
@@ -127,7 +48,7 @@ fn two_proxy_map() -> (String, [u16; 2]) {
 fn status_when(proxy: &ProxyProcess, of: &str, state: &str) -> String {
     let until = Instant::now() + DEADLINE;
     loop {
-        let out = ic_proxy(&["status", "--control", &proxy.control_arg()]);
+        let out = ic_proxy(&["status", "--control", &control_arg(proxy)]);
         let stdout = text(&out.stdout);
         if out.status.code() == Some(0) && row(&stdout, of).contains(&state) {
             return stdout;
@@ -155,16 +76,19 @@ fn row<'a>(table: &'a str, dbid: &str) -> Vec<&'a str> {
 fn status_and_ping_show_a_two_proxy_mesh() {
     let dir = tempfile::tempdir().unwrap();
     let (map, ports) = two_proxy_map();
-    let mut p1 = ProxyProcess::start(dir.path(), 1, &map, &[]);
-    let mut p2 = ProxyProcess::start(dir.path(), 2, &map, &[]);
+    let mut p1 = start(dir.path(), 1, &map, &[]);
+    let mut p2 = start(dir.path(), 2, &map, &[]);
 
-    let mode = std::fs::metadata(&p1.control).unwrap().permissions().mode();
-    assert_eq!(mode & 0o777, 0o700, "{}", p1.control.display());
+    let mode = std::fs::metadata(&p1.names.control)
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o700, "{}", p1.names.control.display());
 
     // --socket-dir and --port name the control socket, as `run` was given them.
     let dir_arg = dir.path().display().to_string();
     let stdout = status_when(&p1, "2", "connected");
-    let out = ic_proxy(&["status", "--socket-dir", &dir_arg, "--port", "6001"]);
+    let out = ic_proxy(&["status", "--socket-dir", &dir_arg, "--port", "5001"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let again = text(&out.stdout);
     for needle in [
@@ -172,7 +96,7 @@ fn status_and_ping_show_a_two_proxy_mesh() {
         "dbid                  1\n",
         "content               -1\n",
         "peer listener         up (127.0.0.1:",
-        &format!("backend socket        up ({})", p1.socket.display()),
+        &format!("backend socket        up ({})", p1.socket().display()),
         "dialect               c\n",
         "rejected connections  0\n",
         "dbid  content  address",
@@ -196,7 +120,7 @@ fn status_and_ping_show_a_two_proxy_mesh() {
     let data = tempfile::tempdir().unwrap();
     std::fs::write(
         data.path().join("postmaster.pid"),
-        "50002\n/data\n1700000000\n6002\n/tmp\n*\n",
+        "40002\n/data\n1700000000\n5002\n/tmp\n*\n",
     )
     .unwrap();
     let out = Command::new(BIN)
@@ -211,7 +135,7 @@ fn status_and_ping_show_a_two_proxy_mesh() {
     assert!(json.contains("\"state\":\"connected\""), "{json}");
 
     // ping: every peer, by default.
-    let out = ic_proxy(&["ping", "--control", &p1.control_arg()]);
+    let out = ic_proxy(&["ping", "--control", &control_arg(&p1)]);
     let stdout = text(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
     assert_eq!(
@@ -225,7 +149,7 @@ fn status_and_ping_show_a_two_proxy_mesh() {
     assert_eq!(stdout.lines().count(), 2, "{stdout}");
 
     // The other way, one dbid.
-    let out = ic_proxy(&["ping", "--control", &p2.control_arg(), "--dbid", "1"]);
+    let out = ic_proxy(&["ping", "--control", &control_arg(&p2), "--dbid", "1"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_eq!(row(&text(&out.stdout), "1")[..3], ["1", "-1", "true"]);
 
@@ -233,7 +157,7 @@ fn status_and_ping_show_a_two_proxy_mesh() {
     let out = ic_proxy(&[
         "ping",
         "--control",
-        &p1.control_arg(),
+        &control_arg(&p1),
         "--dbid",
         "9",
         "--json",
@@ -244,7 +168,7 @@ fn status_and_ping_show_a_two_proxy_mesh() {
         "[{\"dbid\":9,\"content\":null,\"ok\":false,\"rtt_ms\":null,\"error\":\"dbid 9 is not in the address map\"}]\n"
     );
     // Its own entry is not a peer.
-    let out = ic_proxy(&["ping", "--control", &p1.control_arg(), "--dbid", "1"]);
+    let out = ic_proxy(&["ping", "--control", &control_arg(&p1), "--dbid", "1"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
         text(&out.stdout).contains("this is this instance's own entry"),
@@ -253,12 +177,12 @@ fn status_and_ping_show_a_two_proxy_mesh() {
     );
 
     // A peer that went away: the ping says so and fails.
-    p2.stop();
-    let out = ic_proxy(&["ping", "--control", &p1.control_arg()]);
+    p2.stop_with(libc::SIGTERM);
+    let out = ic_proxy(&["ping", "--control", &control_arg(&p1)]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
     let stdout = text(&out.stdout);
     assert_eq!(row(&stdout, "2")[..3], ["2", "0", "false"], "{stdout}");
-    p1.stop();
+    p1.stop_with(libc::SIGTERM);
 }
 
 #[test]
@@ -331,29 +255,32 @@ fn the_control_socket_refuses_what_it_does_not_know_and_replaces_only_a_dead_fil
     let dir = tempfile::tempdir().unwrap();
     let (map, _) = two_proxy_map();
     // A file left by a dead proxy is replaced.
-    let stale = dir.path().join(".s.PGSQL.ic_proxy.6001.control");
+    let stale = dir.path().join(".s.PGSQL.ic_proxy.5001.control");
     drop(UnixListener::bind(&stale).unwrap());
-    let mut p1 = ProxyProcess::start(dir.path(), 1, &map, &[]);
+    let mut p1 = start(dir.path(), 1, &map, &[]);
     p1.wait_for(|p| p.log().contains("control socket"), "control socket");
 
     assert_eq!(
-        raw_control(&p1.control, b"HELLO\n"),
+        raw_control(&p1.names.control, b"HELLO\n"),
         "error\tmessage=unknown request \"HELLO\": expected status, ping all or ping <dbid>\nend\n"
     );
     assert_eq!(
-        raw_control(&p1.control, &[b'x'; 1000]),
+        raw_control(&p1.names.control, &[b'x'; 1000]),
         "error\tmessage=a request line longer than 256 bytes\nend\n"
     );
     // A backend's HELLO is not a request either.
-    let answer = raw_control(&p1.control, &[0xBA, 0xDD, 0xCA, 0xFE, 0, 0, 0, 0, b'\n']);
+    let answer = raw_control(
+        &p1.names.control,
+        &[0xBA, 0xDD, 0xCA, 0xFE, 0, 0, 0, 0, b'\n'],
+    );
     assert!(answer.starts_with("error\tmessage="), "{answer:?}");
     // At most 8 control connections at once: 8 silent clients hold them
     // (until the 2 s request timeout), the 9th is told so.
     let silent: Vec<UnixStream> = (0..8)
-        .map(|_| UnixStream::connect(&p1.control).unwrap())
+        .map(|_| UnixStream::connect(&p1.names.control).unwrap())
         .collect();
     assert_eq!(
-        raw_control(&p1.control, b"status\n"),
+        raw_control(&p1.names.control, b"status\n"),
         "error\tmessage=the proxy is serving 8 control connections already; try again\nend\n"
     );
     for mut s in silent {
@@ -362,14 +289,14 @@ fn the_control_socket_refuses_what_it_does_not_know_and_replaces_only_a_dead_fil
         s.read_to_string(&mut answer).unwrap();
         assert_eq!(answer, "error\tmessage=no request line within 2s\nend\n");
     }
-    let answer = raw_control(&p1.control, b"status\n");
+    let answer = raw_control(&p1.names.control, b"status\n");
     assert!(answer.starts_with("proxy\trunning=true\tpid="), "{answer}");
     assert!(answer.ends_with("\nend\n"), "{answer}");
 
     // A live one (here a listener of the test's) is left alone.
-    let live_path = dir.path().join(".s.PGSQL.ic_proxy.6002.control");
+    let live_path = dir.path().join(".s.PGSQL.ic_proxy.5002.control");
     let live = UnixListener::bind(&live_path).unwrap();
-    let mut p2 = ProxyProcess::start(dir.path(), 2, &map, &[]);
+    let mut p2 = start(dir.path(), 2, &map, &[]);
     p2.wait_for(|p| p.log().contains("no control socket"), "refusal");
     assert!(
         p2.log().contains("is in use by another live proxy"),
@@ -380,7 +307,7 @@ fn the_control_socket_refuses_what_it_does_not_know_and_replaces_only_a_dead_fil
     live.accept().expect("the test's listener still has it");
     status_when(&p1, "2", "connected");
 
-    p1.stop();
+    p1.stop_with(libc::SIGTERM);
     // p2's stop leaves the test's file alone.
     // SAFETY: kill(2) with a pid we spawned and have not yet reaped.
     assert_eq!(
@@ -419,9 +346,9 @@ fn sample(body: &str, series: &str) -> f64 {
 fn metrics_are_served_in_the_prometheus_format_and_move_with_traffic() {
     let dir = tempfile::tempdir().unwrap();
     let (map, _) = two_proxy_map();
-    let mut p1 = ProxyProcess::start(dir.path(), 1, &map, &["--metrics-listen", "127.0.0.1:0"]);
-    let p2 = ProxyProcess::start(dir.path(), 2, &map, &[]);
-    let addr = p1.metrics_addr();
+    let mut p1 = start(dir.path(), 1, &map, &["--metrics-listen", "127.0.0.1:0"]);
+    let p2 = start(dir.path(), 2, &map, &[]);
+    let addr = metrics_addr(&mut p1);
     status_when(&p1, "2", "connected");
 
     let (status, before) = http_get(&addr, "/metrics");
@@ -467,8 +394,8 @@ fn metrics_are_served_in_the_prometheus_format_and_move_with_traffic() {
     rt.block_on(async {
         let opts = ClientOptions::default();
         let (mut tx, mut rx) = tokio::try_join!(
-            LogicalConn::connect(&p1.socket, spec, &opts),
-            LogicalConn::connect(&p2.socket, spec.reversed(), &opts),
+            LogicalConn::connect(p1.socket(), spec, &opts),
+            LogicalConn::connect(p2.socket(), spec.reversed(), &opts),
         )
         .expect("both ends connect");
         let payload = [7u8; 1000];
@@ -498,7 +425,7 @@ fn metrics_are_served_in_the_prometheus_format_and_move_with_traffic() {
     assert!(sample(&after, "ic_proxy_logical_connections_total") >= 1.0);
 
     assert_eq!(http_get(&addr, "/").0, "HTTP/1.1 404 Not Found");
-    p1.stop();
+    p1.stop_with(libc::SIGTERM);
     drop(p2);
 }
 
@@ -509,7 +436,7 @@ fn a_metrics_address_in_use_is_a_startup_error() {
     let addr = taken.local_addr().unwrap().to_string();
     let out = Command::new(BIN)
         .args(["run", "--addresses", "1:-1:127.0.0.1:1", "--dbid", "1"])
-        .args(["--port", "6001", "--pid", "1", "--socket-dir"])
+        .args(["--port", "5001", "--pid", "1", "--socket-dir"])
         .arg(dir.path())
         .args(["--metrics-listen", &addr])
         .output()

@@ -7,17 +7,16 @@
 
 mod common;
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::thread;
+use std::process::Command;
+
 use std::time::{Duration, Instant};
 
 use ic_proxy_cluster_tests::{
     command_as_server_user, free_port, pg_bindir, wait_until, PgInstance,
 };
 
-use common::{spec_1_to_2, text, wait_exit, BIN, POLL};
+use common::{run_command, spec_1_to_2, text, ProxyProcess, BIN};
 
 /// Bound on set-up waits; generous because other builds share the 2 cores.
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -98,73 +97,9 @@ fn pid_file_text(pid: u32, data_dir: &Path, port: u16, socket_dir: &Path) -> Str
     )
 }
 
-/// One `ic-proxy run` process whose stderr goes to a file, killed if a
-/// test fails before stopping it.
-struct ProxyProcess {
-    child: Child,
-    log: PathBuf,
-}
-
-impl ProxyProcess {
-    fn spawn(log: PathBuf, args: &[&str]) -> ProxyProcess {
-        let child = Command::new(BIN)
-            .arg("run")
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(File::create(&log).expect("log file"))
-            .spawn()
-            .expect("spawn ic-proxy run");
-        ProxyProcess { child, log }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn wait_for_log(&mut self, needle: &str) -> String {
-        let until = Instant::now() + DEADLINE;
-        loop {
-            let log = self.log();
-            if log.contains(needle) {
-                return log;
-            }
-            if let Some(status) = self.child.try_wait().expect("try_wait") {
-                panic!("proxy exited with {status} before logging {needle:?}:\n{log}");
-            }
-            assert!(
-                Instant::now() < until,
-                "{needle:?} not logged within {DEADLINE:?}:\n{log}"
-            );
-            thread::sleep(POLL);
-        }
-    }
-
-    fn is_running(&mut self) -> bool {
-        self.child.try_wait().expect("try_wait").is_none()
-    }
-
-    /// SIGTERM and a clean stop: exit 0.
-    fn stop(&mut self) {
-        // SAFETY: kill(2) with a pid we spawned and have not yet reaped.
-        let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
-        assert_eq!(rc, 0);
-        let status = wait_exit(&mut self.child, "ic-proxy", Duration::from_secs(20));
-        assert!(
-            status.success(),
-            "proxy exited with {status}:\n{}",
-            self.log()
-        );
-    }
-}
-
-impl Drop for ProxyProcess {
-    fn drop(&mut self) {
-        if self.is_running() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
+/// `ic-proxy run ARGS`, its log in `log`.
+fn spawn(log: PathBuf, args: &[&str]) -> ProxyProcess {
+    ProxyProcess::spawn(run_command(&log, args), log)
 }
 
 /// A checked stream of at least 1 MiB from a backend behind `from` (dbid
@@ -217,7 +152,7 @@ fn the_sidecar_follows_a_real_server_through_restart_and_stop() {
     let first_pid = pg.postmaster_pid().expect("the server runs");
     let first_socket = socket_of(&socket_dir, pg.port(), first_pid);
 
-    let mut sidecar = ProxyProcess::spawn(
+    let mut sidecar = spawn(
         logs.path().join("sidecar.log"),
         &[
             "--addresses",
@@ -231,7 +166,7 @@ fn the_sidecar_follows_a_real_server_through_restart_and_stop() {
         ],
     );
     let other_socket = socket_of(other_dir.path(), 5002, 40_002);
-    let mut other = ProxyProcess::spawn(
+    let mut other = spawn(
         logs.path().join("other.log"),
         &[
             "--addresses",
@@ -349,8 +284,8 @@ fn the_sidecar_follows_a_real_server_through_restart_and_stop() {
         "{sidecar_log}"
     );
 
-    sidecar.stop();
-    other.stop();
+    sidecar.stop_with(libc::SIGTERM);
+    other.stop_with(libc::SIGTERM);
     assert!(
         proxy_sockets(&socket_dir).is_empty(),
         "{:?}",
@@ -363,7 +298,7 @@ fn the_sidecar_waits_for_a_missing_data_directory_and_postmaster_pid() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let map = format!("1:-1:127.0.0.1:{}", free_port());
-    let mut sidecar = ProxyProcess::spawn(
+    let mut sidecar = spawn(
         dir.path().join("sidecar.log"),
         &[
             "--addresses",
@@ -435,7 +370,7 @@ fn the_sidecar_waits_for_a_missing_data_directory_and_postmaster_pid() {
         ],
         "{log}"
     );
-    sidecar.stop();
+    sidecar.stop_with(libc::SIGTERM);
 }
 
 #[test]
@@ -445,7 +380,7 @@ fn a_garbled_postmaster_pid_is_reported_once_and_waited_out() {
     std::fs::create_dir(&data).unwrap();
     write_pid_file(&data, "garbage\n");
     let map = format!("1:-1:127.0.0.1:{}", free_port());
-    let mut sidecar = ProxyProcess::spawn(
+    let mut sidecar = spawn(
         dir.path().join("sidecar.log"),
         &[
             "--addresses",
@@ -486,7 +421,7 @@ fn a_garbled_postmaster_pid_is_reported_once_and_waited_out() {
     // Each situation is logged when it begins, not at every read.
     let log = sidecar.log();
     assert_eq!(situations(&log), ["garbled", "garbled", "runs"], "{log}");
-    sidecar.stop();
+    sidecar.stop_with(libc::SIGTERM);
     assert!(!socket.exists());
 }
 
@@ -574,7 +509,7 @@ fn the_sidecar_takes_its_dbid_from_internal_auto_conf() {
         free_port(),
         free_port()
     );
-    let mut sidecar = ProxyProcess::spawn(
+    let mut sidecar = spawn(
         dir.path().join("sidecar.log"),
         &[
             "--addresses",
@@ -586,7 +521,7 @@ fn the_sidecar_takes_its_dbid_from_internal_auto_conf() {
         ],
     );
     let other_dir = tempfile::tempdir().unwrap();
-    let mut other = ProxyProcess::spawn(
+    let mut other = spawn(
         dir.path().join("other.log"),
         &[
             "--addresses",
@@ -616,6 +551,6 @@ fn the_sidecar_takes_its_dbid_from_internal_auto_conf() {
     // The mesh sees it as dbid 2, content 0.
     other.wait_for_log("peer dbid 2 (content 0) connected");
     wait_for("the socket", DEADLINE, || socket.exists(), || sidecar.log());
-    sidecar.stop();
-    other.stop();
+    sidecar.stop_with(libc::SIGTERM);
+    other.stop_with(libc::SIGTERM);
 }

@@ -7,12 +7,10 @@
 
 mod common;
 
-use std::fs::File;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{free_port, spec_1_to_2, stream_megabyte, BIN};
+use common::{free_port, instance_command, spec_1_to_2, stream_megabyte, ProxyProcess};
 use ic_proxy_client::{ClientOptions, LogicalConn, RecvItem};
 use ic_proxy_cluster_tests::builtin::{file_id, BuiltinProxy};
 
@@ -22,56 +20,23 @@ const TAKE_BACK: Duration = Duration::from_secs(2);
 /// Slack for a loaded 2-core machine on top of [`TAKE_BACK`].
 const SLACK: Duration = Duration::from_millis(500);
 
-struct Proxy {
-    child: Child,
-    socket: PathBuf,
-    log: PathBuf,
+/// `ic-proxy run --addresses MAP` for instance `dbid` with `extra`, not
+/// waited for.
+fn start(dir: &Path, dbid: u16, map: &str, extra: &[&str]) -> ProxyProcess {
+    let (cmd, names) = instance_command(dir, dbid, &[&["--addresses", map][..], extra].concat());
+    ProxyProcess::spawn_named(cmd, names)
 }
 
-impl Proxy {
-    fn start(dir: &Path, dbid: u16, map: &str, extra: &[&str]) -> Proxy {
-        let (port, pid) = (5000 + dbid, 40_000 + u32::from(dbid));
-        let log = dir.join(format!("proxy{dbid}.log"));
-        let child = Command::new(BIN)
-            .arg("run")
-            .args(["--addresses", map, "--dbid", &dbid.to_string()])
-            .args(["--port", &port.to_string(), "--pid", &pid.to_string()])
-            .arg("--socket-dir")
-            .arg(dir)
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        Proxy {
-            child,
-            socket: dir.join(format!(".s.PGSQL.ic_proxy.{port}.{pid}")),
-            log,
+/// The log of `p` once it contains `needle`.
+async fn logged(p: &ProxyProcess, needle: &str) -> String {
+    let until = Instant::now() + DEADLINE;
+    loop {
+        let log = p.log();
+        if log.contains(needle) {
+            return log;
         }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    async fn wait_for_log(&self, needle: &str) -> String {
-        let until = Instant::now() + DEADLINE;
-        loop {
-            let log = self.log();
-            if log.contains(needle) {
-                return log;
-            }
-            assert!(Instant::now() < until, "{needle:?} not logged:\n{log}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        assert!(Instant::now() < until, "{needle:?} not logged:\n{log}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -105,35 +70,37 @@ fn mesh_map() -> String {
 async fn the_path_is_taken_back_after_the_built_in_proxy_takes_it_and_again_later() {
     let dir = tempfile::tempdir().unwrap();
     let map = mesh_map();
-    let p1 = Proxy::start(dir.path(), 1, &map, &["--take-over"]);
-    let p2 = Proxy::start(dir.path(), 2, &map, &[]);
-    wait_socket(&p1.socket).await;
-    wait_socket(&p2.socket).await;
-    p1.wait_for_log("peer dbid 2 (content 0) connected").await;
-    stream_megabyte(&p1.socket, &p2.socket, spec_1_to_2(9, 1), 1, DEADLINE)
+    let p1 = start(dir.path(), 1, &map, &["--take-over"]);
+    let p2 = start(dir.path(), 2, &map, &[]);
+    wait_socket(p1.socket()).await;
+    wait_socket(p2.socket()).await;
+    logged(&p1, "peer dbid 2 (content 0) connected").await;
+    stream_megabyte(p1.socket(), p2.socket(), spec_1_to_2(9, 1), 1, DEADLINE)
         .await
         .unwrap();
 
     // A session connected before the takeover keeps working through it.
     let opts = ClientOptions::default();
     let (tx, rx) = tokio::join!(
-        LogicalConn::connect(&p1.socket, spec_1_to_2(9, 2), &opts),
-        LogicalConn::connect(&p2.socket, spec_1_to_2(9, 2).reversed(), &opts)
+        LogicalConn::connect(p1.socket(), spec_1_to_2(9, 2), &opts),
+        LogicalConn::connect(p2.socket(), spec_1_to_2(9, 2).reversed(), &opts)
     );
     let (mut tx, mut rx) = (tx.unwrap(), rx.unwrap());
     tx.send_packet(b"before").await.unwrap();
 
-    let mut builtin = BuiltinProxy::start(&p1.socket);
+    let mut builtin = BuiltinProxy::start(p1.socket());
     let took = taken_back(&builtin).await;
     assert!(took <= TAKE_BACK + SLACK, "taken back after {took:?}");
-    let log = p1
-        .wait_for_log("was served by another process, most likely the built-in")
-        .await;
+    let log = logged(
+        &p1,
+        "was served by another process, most likely the built-in",
+    )
+    .await;
     assert!(
         log.contains("Leave gp_interconnect_proxy_addresses empty"),
         "{log}"
     );
-    stream_megabyte(&p1.socket, &p2.socket, spec_1_to_2(9, 3), 3, DEADLINE)
+    stream_megabyte(p1.socket(), p2.socket(), spec_1_to_2(9, 3), 3, DEADLINE)
         .await
         .unwrap();
 
@@ -153,9 +120,8 @@ async fn the_path_is_taken_back_after_the_built_in_proxy_takes_it_and_again_late
     builtin.restart();
     let took = taken_back(&builtin).await;
     assert!(took <= TAKE_BACK + SLACK, "taken back after {took:?}");
-    p1.wait_for_log("back from another process (takeover 2)")
-        .await;
-    stream_megabyte(&p1.socket, &p2.socket, spec_1_to_2(9, 4), 4, DEADLINE)
+    logged(&p1, "back from another process (takeover 2)").await;
+    stream_megabyte(p1.socket(), p2.socket(), spec_1_to_2(9, 4), 4, DEADLINE)
         .await
         .unwrap();
     // One WARNING, not one per takeover.
@@ -168,15 +134,15 @@ async fn the_path_is_taken_over_when_the_built_in_proxy_started_first() {
     let map = mesh_map();
     let p1_socket = dir.path().join(".s.PGSQL.ic_proxy.5001.40001");
     let builtin = BuiltinProxy::start(&p1_socket);
-    let p1 = Proxy::start(dir.path(), 1, &map, &["--take-over"]);
-    let p2 = Proxy::start(dir.path(), 2, &map, &[]);
-    assert_eq!(p1.socket, p1_socket);
+    let p1 = start(dir.path(), 1, &map, &["--take-over"]);
+    let p2 = start(dir.path(), 2, &map, &[]);
+    assert_eq!(p1.socket(), p1_socket);
     let took = taken_back(&builtin).await;
     assert!(took <= DEADLINE);
-    p1.wait_for_log("most likely the built-in").await;
-    wait_socket(&p2.socket).await;
-    p1.wait_for_log("peer dbid 2 (content 0) connected").await;
-    stream_megabyte(&p1.socket, &p2.socket, spec_1_to_2(9, 1), 1, DEADLINE)
+    logged(&p1, "most likely the built-in").await;
+    wait_socket(p2.socket()).await;
+    logged(&p1, "peer dbid 2 (content 0) connected").await;
+    stream_megabyte(p1.socket(), p2.socket(), spec_1_to_2(9, 1), 1, DEADLINE)
         .await
         .unwrap();
 }
@@ -185,17 +151,16 @@ async fn the_path_is_taken_over_when_the_built_in_proxy_started_first() {
 async fn without_take_over_a_live_socket_is_left_alone() {
     let dir = tempfile::tempdir().unwrap();
     let map = mesh_map();
-    let p1 = Proxy::start(dir.path(), 1, &map, &[]);
-    wait_socket(&p1.socket).await;
-    let builtin = BuiltinProxy::start(&p1.socket);
-    p1.wait_for_log("Not taking it back (ic-proxy run --take-over does)")
-        .await;
+    let p1 = start(dir.path(), 1, &map, &[]);
+    wait_socket(p1.socket()).await;
+    let builtin = BuiltinProxy::start(p1.socket());
+    logged(&p1, "Not taking it back (ic-proxy run --take-over does)").await;
     assert!(builtin.holds_path());
     // Started while the stand-in holds the path: it waits, and says why.
     let dir2 = tempfile::tempdir().unwrap();
     let other = dir2.path().join(".s.PGSQL.ic_proxy.5001.40001");
     let builtin2 = BuiltinProxy::start(&other);
-    let p = Proxy::start(dir2.path(), 1, &map, &[]);
-    p.wait_for_log("is in use by another live proxy").await;
+    let p = start(dir2.path(), 1, &map, &[]);
+    logged(&p, "is in use by another live proxy").await;
     assert!(builtin2.holds_path());
 }

@@ -1,11 +1,13 @@
-//! What the tests of real `ic-proxy` processes share: the binary, free
-//! ports, signals, waiting for an exit, and a checked stream between a
-//! backend on dbid 1 and one on dbid 2. Each test file uses a part.
+//! What the tests of real `ic-proxy` processes share: the binary, the
+//! `ic-proxy run` process (started, watched, stopped), free ports, signals,
+//! waiting for an exit, and a checked stream between a backend on dbid 1
+//! and one on dbid 2. Each test file uses a part.
 #![allow(dead_code)]
 
+use std::fs::File;
 use std::net::TcpListener;
-use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Output};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -130,4 +132,154 @@ pub async fn stream_megabyte(
     let tx = tx.map_err(|e| format!("sender: {e}"))?;
     let rx = rx.map_err(|e| format!("receiver: {e}"))?;
     carry(tx, rx, seed, MEGABYTE_PACKETS, within).await
+}
+
+/// Bound on every wait of a test process; generous because other builds
+/// share the 2 cores.
+pub const PROCESS_DEADLINE: Duration = Duration::from_secs(60);
+
+/// `ic-proxy run ARGS`, stdin and stdout closed, stderr into `log`.
+pub fn run_command(log: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("run")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(File::create(log).expect("log file"));
+    cmd
+}
+
+/// `ic-proxy run ARGS` for instance `dbid` with its sockets in `dir`, as a
+/// server on port 5000 + dbid with postmaster pid 40000 + dbid would have
+/// them; the log goes to `dir/proxy<dbid>.log`.
+pub fn instance_command(dir: &Path, dbid: u16, args: &[&str]) -> (Command, ProxyNames) {
+    let (port, pid) = (5000 + dbid, 40_000 + u32::from(dbid));
+    let names = ProxyNames {
+        socket: dir.join(format!(".s.PGSQL.ic_proxy.{port}.{pid}")),
+        control: dir.join(format!(".s.PGSQL.ic_proxy.{port}.control")),
+        log: dir.join(format!("proxy{dbid}.log")),
+    };
+    let mut cmd = run_command(&names.log, args);
+    cmd.args(["--dbid", &dbid.to_string()])
+        .args(["--port", &port.to_string(), "--pid", &pid.to_string()])
+        .arg("--socket-dir")
+        .arg(dir);
+    (cmd, names)
+}
+
+/// Where an instance's proxy puts its backend socket, control socket and
+/// log.
+#[derive(Clone, Debug, Default)]
+pub struct ProxyNames {
+    pub socket: PathBuf,
+    pub control: PathBuf,
+    pub log: PathBuf,
+}
+
+/// One `ic-proxy run` process a test started, killed if the test ends
+/// (or fails) before stopping it.
+pub struct ProxyProcess {
+    pub child: Child,
+    /// Its sockets (checked gone after a clean stop) and its log.
+    pub names: ProxyNames,
+}
+
+impl ProxyProcess {
+    /// Spawns `cmd`, whose log is `log` (a process with no sockets of
+    /// its own to check).
+    pub fn spawn(cmd: Command, log: PathBuf) -> ProxyProcess {
+        Self::spawn_named(
+            cmd,
+            ProxyNames {
+                log,
+                ..ProxyNames::default()
+            },
+        )
+    }
+
+    /// Spawns `cmd` (from [`instance_command`]) without waiting for it.
+    pub fn spawn_named(mut cmd: Command, names: ProxyNames) -> ProxyProcess {
+        let child = cmd.spawn().expect("spawn ic-proxy run");
+        ProxyProcess { child, names }
+    }
+
+    /// `ic-proxy run ARGS` for instance `dbid` (see [`instance_command`]),
+    /// once its backend socket exists.
+    pub fn start(dir: &Path, dbid: u16, args: &[&str]) -> ProxyProcess {
+        let (cmd, names) = instance_command(dir, dbid, args);
+        let mut p = Self::spawn_named(cmd, names);
+        p.wait_for(|p| p.names.socket.exists(), "backend socket");
+        p
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.names.socket
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.names.log).unwrap_or_default()
+    }
+
+    /// Fails if the process is gone.
+    pub fn assert_running(&mut self) {
+        if let Some(status) = self.child.try_wait().expect("try_wait") {
+            panic!("proxy exited with {status}:\n{}", self.log());
+        }
+    }
+
+    /// Waits until `ready`; fails if the process exits first, or after
+    /// [`PROCESS_DEADLINE`].
+    pub fn wait_for(&mut self, ready: impl Fn(&ProxyProcess) -> bool, what: &str) {
+        let until = Instant::now() + PROCESS_DEADLINE;
+        while !ready(self) {
+            self.assert_running();
+            assert!(
+                Instant::now() < until,
+                "no {what} within {PROCESS_DEADLINE:?}:\n{}",
+                self.log()
+            );
+            thread::sleep(POLL);
+        }
+    }
+
+    /// The log once it contains `needle`.
+    pub fn wait_for_log(&mut self, needle: &str) -> String {
+        self.wait_for(
+            |p| p.log().contains(needle),
+            &format!("{needle:?} in the log"),
+        );
+        self.log()
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().expect("try_wait").is_none()
+    }
+
+    /// Sends `sig` and asserts a clean stop: exit 0, and its sockets gone.
+    pub fn stop_with(&mut self, sig: libc::c_int) {
+        signal(&self.child, sig);
+        let status = wait_exit(&mut self.child, "proxy", Duration::from_secs(20));
+        assert!(
+            status.success(),
+            "proxy exited with {status}:\n{}",
+            self.log()
+        );
+        for path in [&self.names.socket, &self.names.control] {
+            assert!(
+                path.as_os_str().is_empty() || !path.exists(),
+                "{} left behind:\n{}",
+                path.display(),
+                self.log()
+            );
+        }
+    }
+}
+
+impl Drop for ProxyProcess {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
 }
