@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use ic_proxy_core::address_map::AddressMap;
 use ic_proxy_core::flow::{FlowParams, FlowParamsError};
 use ic_proxy_core::protocol::{self, Dialect};
+use ic_proxy_core::tls::{TlsFiles, TlsMode, TlsVerify};
 use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting, PostgresGucEnum};
 use pgrx::pg_sys;
 
@@ -44,6 +45,15 @@ static PEER_RETRY_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(1000);
 /// File holding the shared secret of peer authentication; empty: off.
 static PEER_AUTH_SECRET_FILE: GucSetting<Option<CString>> =
     GucSetting::<Option<CString>>::new(Some(c""));
+/// TLS on peer links: off, on (opportunistic) or require.
+static TLS: GucSetting<TlsSetting> = GucSetting::<TlsSetting>::new(TlsSetting::Off);
+/// This proxy's certificate (PEM, with its chain), its key, and the CA.
+static TLS_CERT_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c""));
+static TLS_KEY_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c""));
+static TLS_CA_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c""));
+/// What a peer's certificate must pass: the CA and its name, or the CA.
+static TLS_VERIFY: GucSetting<TlsVerifySetting> =
+    GucSetting::<TlsVerifySetting>::new(TlsVerifySetting::Full);
 /// Map entries the status area in shared memory holds; the rest are counted.
 static MAX_STATUS_ENTRIES: GucSetting<i32> = GucSetting::<i32>::new(DEFAULT_STATUS_ENTRIES);
 /// How much the proxy logs.
@@ -63,6 +73,24 @@ pub enum DialectSetting {
     C,
     #[name = c"b"]
     B,
+}
+
+#[derive(PostgresGucEnum, Clone, Copy, PartialEq, Eq, Debug)]
+pub enum TlsSetting {
+    #[name = c"off"]
+    Off,
+    #[name = c"on"]
+    On,
+    #[name = c"require"]
+    Require,
+}
+
+#[derive(PostgresGucEnum, Clone, Copy, PartialEq, Eq, Debug)]
+pub enum TlsVerifySetting {
+    #[name = c"full"]
+    Full,
+    #[name = c"ca"]
+    Ca,
 }
 
 /// The levels of Cloudberry's gp_log_interconnect that concern the proxy.
@@ -115,7 +143,65 @@ pub fn init() {
             None,
             None,
         );
+        type Hook = unsafe extern "C-unwind" fn(
+            *mut *mut c_char,
+            *mut *mut c_void,
+            pg_sys::GucSource::Type,
+        ) -> bool;
+        let files: [(&CStr, &CStr, &'static GucSetting<Option<CString>>, Hook); 3] = [
+            (
+                c"ic_proxy.tls_cert_file",
+                c"This proxy's TLS certificate (PEM, leaf first, then any intermediates).",
+                &TLS_CERT_FILE,
+                check_tls_cert_file,
+            ),
+            (
+                c"ic_proxy.tls_key_file",
+                c"The private key of ic_proxy.tls_cert_file (PEM: PKCS#8, PKCS#1 or SEC1).",
+                &TLS_KEY_FILE,
+                check_tls_key_file,
+            ),
+            (
+                c"ic_proxy.tls_ca_file",
+                c"The CA certificate(s) that sign every proxy's certificate (PEM).",
+                &TLS_CA_FILE,
+                check_tls_ca_file,
+            ),
+        ];
+        for (name, short, setting, hook) in files {
+            GucRegistry::define_string_guc_with_hooks(
+                name,
+                short,
+                c"Absolute path, read at start and on every reload: new links use the new files, \
+                  links in use carry on unless the new CA no longer validates them.",
+                setting,
+                GucContext::Sighup,
+                GucFlags::SUPERUSER_ONLY,
+                Some(hook),
+                None,
+                None,
+            );
+        }
     }
+    GucRegistry::define_enum_guc(
+        c"ic_proxy.tls",
+        c"TLS 1.3 on links between proxies: off, on (offered, plaintext with peers without it) or require.",
+        c"off links with C proxies; on protects links between proxies that both have TLS, and \
+          cannot stop an attacker on the path from removing the offer; require refuses every \
+          plaintext link. Needs ic_proxy.tls_cert_file, ic_proxy.tls_key_file and ic_proxy.tls_ca_file.",
+        &TLS,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_enum_guc(
+        c"ic_proxy.tls_verify",
+        c"What a peer's certificate must pass: full (the CA, and a name matching its map entry's host) or ca.",
+        c"full checks the certificate's subject alternative names (DNS or IP) against the host in \
+          ic_proxy.addresses.",
+        &TLS_VERIFY,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
     GucRegistry::define_int_guc(
         c"ic_proxy.dbid",
         c"This instance's dbid in the address map (0: not configured, the proxy stays idle).",
@@ -338,6 +424,31 @@ pub fn peer_auth_secret_file() -> Option<PathBuf> {
         .map(PathBuf::from)
 }
 
+pub fn tls_mode() -> TlsMode {
+    match TLS.get() {
+        TlsSetting::Off => TlsMode::Off,
+        TlsSetting::On => TlsMode::On,
+        TlsSetting::Require => TlsMode::Require,
+    }
+}
+
+pub fn tls_verify() -> TlsVerify {
+    match TLS_VERIFY.get() {
+        TlsVerifySetting::Full => TlsVerify::Full,
+        TlsVerifySetting::Ca => TlsVerify::Ca,
+    }
+}
+
+/// The three TLS files, when all are set.
+pub fn tls_files() -> Option<TlsFiles> {
+    let [cert, key, ca] =
+        [&TLS_CERT_FILE, &TLS_KEY_FILE, &TLS_CA_FILE].map(|s| PathBuf::from(string_value(s)));
+    if cert.as_os_str().is_empty() || key.as_os_str().is_empty() || ca.as_os_str().is_empty() {
+        return None;
+    }
+    Some(TlsFiles { cert, key, ca })
+}
+
 pub fn log_verbosity() -> LogVerbosity {
     LOG_VERBOSITY.get()
 }
@@ -463,6 +574,49 @@ pub(crate) unsafe extern "C-unwind" fn check_secret_file(
         )
     };
     false
+}
+
+/// A TLS file setting: empty, or an absolute path.
+unsafe fn check_tls_path(name: &str, newval: *mut *mut c_char) -> bool {
+    let value = unsafe { hook_value(newval) }.unwrap_or("");
+    if value.is_empty() || value.starts_with('/') {
+        return true;
+    }
+    unsafe {
+        report(
+            &format!("invalid {name}: \"{value}\" is not an absolute path"),
+            None,
+            Some("Give the absolute path of a PEM file readable by the server's user (a key: only by it), or '' while ic_proxy.tls is off."),
+        )
+    };
+    false
+}
+
+#[pgrx::pg_guard]
+pub(crate) unsafe extern "C-unwind" fn check_tls_cert_file(
+    newval: *mut *mut c_char,
+    _extra: *mut *mut c_void,
+    _source: pg_sys::GucSource::Type,
+) -> bool {
+    unsafe { check_tls_path("ic_proxy.tls_cert_file", newval) }
+}
+
+#[pgrx::pg_guard]
+pub(crate) unsafe extern "C-unwind" fn check_tls_key_file(
+    newval: *mut *mut c_char,
+    _extra: *mut *mut c_void,
+    _source: pg_sys::GucSource::Type,
+) -> bool {
+    unsafe { check_tls_path("ic_proxy.tls_key_file", newval) }
+}
+
+#[pgrx::pg_guard]
+pub(crate) unsafe extern "C-unwind" fn check_tls_ca_file(
+    newval: *mut *mut c_char,
+    _extra: *mut *mut c_void,
+    _source: pg_sys::GucSource::Type,
+) -> bool {
+    unsafe { check_tls_path("ic_proxy.tls_ca_file", newval) }
 }
 
 // ---- flow control: three settings that only work together ---------------------

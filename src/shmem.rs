@@ -7,6 +7,7 @@
 //! that do not fit are counted, never dropped silently.
 
 use ic_proxy_core::address_map::AddressMap;
+use ic_proxy_core::tls::TlsPolicy;
 use ic_proxy_core::{PeerState, PeerTraffic, ProxyTotals, StatusSnapshot};
 use pgrx::prelude::*;
 use pgrx::{pg_shmem_init, PGRXSharedMemory, PgLwLock};
@@ -24,6 +25,7 @@ const TEXT: usize = 128;
 const ERROR_TEXT: usize = 512;
 const HOST: usize = 64;
 const PATH: usize = 108;
+const PROTECTION: usize = 64;
 
 #[derive(Copy, Clone)]
 #[repr(C)]
@@ -35,6 +37,7 @@ pub struct PeerRow {
     pub traffic: PeerTraffic,
     host: [u8; HOST],
     last_error: [u8; TEXT],
+    protection: [u8; PROTECTION],
 }
 
 #[derive(Copy, Clone)]
@@ -64,6 +67,11 @@ pub struct StatusArea {
     socket_path: [u8; PATH],
     /// Why the worker stopped or never started; empty while it runs.
     last_error: [u8; ERROR_TEXT],
+    /// `ic_proxy.tls` in force, and this proxy's certificate (subject and
+    /// expiry, seconds since the epoch; 0: none loaded).
+    tls_mode: [u8; 8],
+    tls_subject: [u8; TEXT],
+    pub tls_not_after: u64,
 }
 
 unsafe impl PGRXSharedMemory for StatusArea {}
@@ -199,6 +207,7 @@ pub struct Identity<'a> {
     /// The worker's map: while `content` is None (its dbid is not in it),
     /// its entries are the rows, in state [`STATE_NOT_IN_MAP`].
     pub map: &'a AddressMap,
+    pub tls: &'a TlsPolicy,
 }
 
 pub fn publish(id: &Identity<'_>, s: &StatusSnapshot, running: bool) {
@@ -220,6 +229,10 @@ pub fn publish(id: &Identity<'_>, s: &StatusSnapshot, running: bool) {
     put(&mut a.backend_listener_detail, &s.backend_listener.1);
     put(&mut a.socket_path, id.socket_path);
     put(&mut a.last_error, "");
+    put(&mut a.tls_mode, id.tls.mode.name());
+    let cert = id.tls.material.as_ref().map(|m| &m.identity);
+    put(&mut a.tls_subject, cert.map_or("", |c| c.subject.as_str()));
+    a.tls_not_after = cert.map_or(0, |c| c.not_after);
     a.self_in_map = id.content.is_some();
     if !a.self_in_map {
         let why = format!("this instance's dbid {} is not in the address map", id.dbid);
@@ -251,6 +264,7 @@ pub fn publish(id: &Identity<'_>, s: &StatusSnapshot, running: bool) {
         row.traffic = p.traffic;
         put(&mut row.host, &p.addr.host);
         put(&mut row.last_error, &p.last_error);
+        put(&mut row.protection, &p.protection);
     }
     a.npeers = n as u32;
 }
@@ -299,6 +313,12 @@ impl StatusArea {
     pub fn last_error(&self) -> String {
         get(&self.last_error)
     }
+    pub fn tls_mode(&self) -> String {
+        get(&self.tls_mode)
+    }
+    pub fn tls_subject(&self) -> String {
+        get(&self.tls_subject)
+    }
 }
 
 impl PeerRow {
@@ -307,6 +327,9 @@ impl PeerRow {
     }
     pub fn last_error(&self) -> String {
         get(&self.last_error)
+    }
+    pub fn protection(&self) -> String {
+        get(&self.protection)
     }
     pub fn state_name(&self) -> &'static str {
         if self.state == NOT_IN_MAP {

@@ -9,6 +9,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ic_proxy_core::tls::{TlsMode, TlsPolicy};
 use ic_proxy_core::{socket_path, Listeners, ProxyHandle, ProxySettings, RuntimeConfig, StopError};
 use pgrx::bgworkers::{
     BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime, SignalWakeFlags,
@@ -69,6 +70,35 @@ fn runtime_config(previous: Option<&RuntimeConfig>) -> RuntimeConfig {
             },
         },
         backend_socket: Default::default(),
+        tls: tls_policy(previous.map(|p| &p.tls)),
+    }
+}
+
+/// TLS on peer links as the settings say. Files that cannot be used are
+/// reported, and the material in force stays (a reload never drops TLS by
+/// accident); with none in force, `on` links in plaintext and `require`
+/// refuses every peer until the files are fixed.
+fn tls_policy(previous: Option<&TlsPolicy>) -> TlsPolicy {
+    let (mode, verify) = (gucs::tls_mode(), gucs::tls_verify());
+    match TlsPolicy::load(mode, verify, gucs::tls_files().as_ref()) {
+        Ok(p) => p,
+        Err(e) => {
+            let kept = previous.and_then(|p| p.material.clone());
+            warning!(
+                "ic-proxy: TLS on peer links cannot use its files: {e}; {}",
+                match (&kept, mode) {
+                    (Some(_), _) => "the certificates in force stay in use",
+                    (None, TlsMode::Require) =>
+                        "every peer is refused until they are fixed (ic_proxy.tls = require)",
+                    (None, _) => "links stay in plaintext until they are fixed",
+                }
+            );
+            TlsPolicy {
+                mode,
+                verify,
+                material: kept,
+            }
+        }
     }
 }
 
@@ -234,6 +264,7 @@ impl Shown {
             max_packet_size: self.max_packet_size,
             socket_path: &socket,
             map: &config.map,
+            tls: &config.tls,
         };
         shmem::publish(&id, &proxy.status().snapshot(), true);
     }

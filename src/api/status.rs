@@ -38,6 +38,7 @@ fn ic_proxy_status() -> TableIterator<
         name!(drops, i64),
         name!(reconnects, i64),
         name!(last_error, Option<String>),
+        name!(protection, Option<String>),
     ),
 > {
     let (running, missing, last_error, rows): (_, _, _, Vec<_>) = shmem::with(|a| {
@@ -52,6 +53,7 @@ fn ic_proxy_status() -> TableIterator<
                 .iter()
                 .map(|r| {
                     let err = r.last_error();
+                    let protection = r.protection();
                     (
                         r.dbid as i16,
                         r.content,
@@ -68,6 +70,7 @@ fn ic_proxy_status() -> TableIterator<
                         r.traffic.drops as i64,
                         r.traffic.reconnects as i64,
                         (!err.is_empty()).then_some(err),
+                        (!protection.is_empty()).then_some(protection),
                     )
                 })
                 .collect(),
@@ -109,6 +112,7 @@ fn ic_proxy_status() -> TableIterator<
                 0,
                 0,
                 Some(reason.clone()),
+                None,
             )
         })
         .collect();
@@ -169,6 +173,9 @@ fn ic_proxy_info() -> TableIterator<
         name!(status_entries_missing, i64),
         name!(last_error, Option<String>),
         name!(socket_takeovers, i64),
+        name!(tls, String),
+        name!(tls_certificate, Option<String>),
+        name!(tls_certificate_expires, Option<TimestampWithTimeZone>),
     ),
 > {
     let row = shmem::with(|a| {
@@ -215,6 +222,21 @@ fn ic_proxy_info() -> TableIterator<
             i64::from(if running { a.entries_missing() } else { 0 }),
             opt(last_error),
             a.totals.socket_takeovers as i64,
+            if running {
+                a.tls_mode()
+            } else {
+                gucs::tls_mode().name().to_string()
+            },
+            opt(if running {
+                a.tls_subject()
+            } else {
+                String::new()
+            }),
+            if running {
+                timestamp(a.tls_not_after.saturating_mul(1000))
+            } else {
+                None
+            },
         )
     });
     TableIterator::once(row)
@@ -224,7 +246,7 @@ extension_sql!(
     r#"
 CREATE VIEW ic_proxy_peers AS
     SELECT dbid, content, address, port, state, since, logical_connections,
-           bytes_in, bytes_out, cached_bytes, drops, reconnects, last_error
+           bytes_in, bytes_out, cached_bytes, drops, reconnects, last_error, protection
       FROM ic_proxy_status()
      WHERE state <> 'self';
 COMMENT ON VIEW ic_proxy_peers IS 'The links of this instance''s interconnect proxy to its peers';

@@ -9,6 +9,7 @@ use ic_proxy_client::{socket_path, ClientOptions, ConnSpec, Endpoint};
 use ic_proxy_core::protocol::{
     Dialect, DEFAULT_PACKET_SIZE, MAX_PACKET_SIZE_LIMIT, MIN_PACKET_SIZE,
 };
+use ic_proxy_core::tls::{TlsFiles, TlsMode, TlsVerify};
 
 /// Where Cloudberry backends look for their proxy's socket.
 pub const DEFAULT_SOCKET_DIR: &str = "/tmp";
@@ -153,6 +154,42 @@ pub struct RunArgs {
     /// socket is left alone
     #[arg(long)]
     pub take_over: bool,
+    /// TLS 1.3 on links between proxies: off (C proxies can join), on
+    /// (offered; plaintext with peers without it) or require
+    #[arg(long, value_name = "MODE", default_value = "off", value_parser = parse_tls_mode)]
+    pub tls: TlsMode,
+    /// This proxy's certificate (PEM, leaf first); re-read on SIGHUP
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// The certificate's private key (PEM)
+    #[arg(long, value_name = "FILE")]
+    pub tls_key_file: Option<PathBuf>,
+    /// The CA that signs every proxy's certificate (PEM)
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca_file: Option<PathBuf>,
+    /// What a peer's certificate must pass: full (the CA and a name
+    /// matching its map entry's host) or ca
+    #[arg(long, value_name = "WHAT", default_value = "full", value_parser = parse_tls_verify)]
+    pub tls_verify: TlsVerify,
+}
+
+impl RunArgs {
+    /// The TLS files, when all three are given.
+    pub fn tls_files(&self) -> Option<TlsFiles> {
+        Some(TlsFiles {
+            cert: self.tls_cert_file.clone()?,
+            key: self.tls_key_file.clone()?,
+            ca: self.tls_ca_file.clone()?,
+        })
+    }
+}
+
+fn parse_tls_mode(s: &str) -> Result<TlsMode, String> {
+    TlsMode::parse(s).ok_or_else(|| format!("\"{s}\" is not a TLS mode: give off, on or require"))
+}
+
+fn parse_tls_verify(s: &str) -> Result<TlsVerify, String> {
+    TlsVerify::parse(s).ok_or_else(|| format!("\"{s}\" is not a verification: give full or ca"))
 }
 
 /// One logical connection, as the backend at this end knows it.

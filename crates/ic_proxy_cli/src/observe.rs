@@ -283,10 +283,12 @@ fn peer_table(peers: &[&Record], now_ms: u64) -> String {
         "cached_bytes",
         "drops",
         "reconnects",
+        "protection",
         "last_error",
     ];
     let numeric = [
         true, true, false, true, false, false, true, true, true, true, true, true, true, true,
+        false,
     ];
     let cells = peers
         .iter()
@@ -346,6 +348,9 @@ const TEXT_FIELDS: &[&str] = &[
     "backend_socket_detail",
     "dialect",
     "last_error",
+    "protection",
+    "tls",
+    "tls_certificate",
     "error",
     "message",
 ];

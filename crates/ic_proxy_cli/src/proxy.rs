@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ic_proxy_core::address_map::AddressMap;
+use ic_proxy_core::tls::{TlsFiles, TlsMode, TlsPolicy, TlsVerify};
 use ic_proxy_core::{Listeners, ProxyHandle, ProxySettings, RuntimeConfig, StopError};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio_util::sync::CancellationToken;
@@ -66,6 +67,18 @@ pub fn run_proxy(args: RunArgs) -> ExitCode {
     if let Some(bytes) = args.early_cache_size {
         config.early_cache_bytes = bytes;
     }
+    let tls = TlsSource {
+        mode: args.tls,
+        verify: args.tls_verify,
+        files: args.tls_files(),
+    };
+    match tls.load() {
+        Ok(policy) => config.tls = policy,
+        Err(e) => {
+            eprintln!("ic-proxy: --tls {}: {e}", args.tls);
+            return ExitCode::from(EXIT_USAGE);
+        }
+    }
     if let Some(path) = &args.peer_auth_secret_file {
         match ic_proxy_core::auth::load_secret(path) {
             Ok(secret) => config.peer_secret = Some(secret),
@@ -116,14 +129,13 @@ pub fn run_proxy(args: RunArgs) -> ExitCode {
         metrics: args.metrics_listen,
         threads: args.threads,
     };
-    let code = runtime.block_on(serve(
-        settings,
-        config,
-        source,
+    let sources = Sources {
+        map: source,
         secret_file,
-        fd_limits,
-        follower,
-        observe,
+        tls,
+    };
+    let code = runtime.block_on(serve(
+        settings, config, sources, fd_limits, follower, observe,
     ));
     runtime.shutdown_timeout(RUNTIME_GRACE);
     code
@@ -148,8 +160,7 @@ impl Signals {
 async fn serve(
     settings: ProxySettings,
     config: RuntimeConfig,
-    source: MapSource,
-    secret_file: Option<std::path::PathBuf>,
+    sources: Sources,
     fd_limits: ic_proxy_core::fd_limit::FdLimits,
     follower: Option<ServerFollower>,
     observe: crate::control::Observe,
@@ -211,8 +222,7 @@ async fn serve(
                 return exit_code(ended);
             }
             _ = signals.hangup.recv() => {
-                reload(&source, &proxy);
-                reload_secret(secret_file.as_deref(), &proxy);
+                sources.reload(&proxy);
             }
             _ = signals.terminate.recv() => {
                 log::info!("ic-proxy: SIGTERM received, stopping");
@@ -246,6 +256,62 @@ fn peer_address(map: &AddressMap, dbid: u16) -> String {
         Some(e) => format!("{} (content {})", e.socket_addr_string(), e.content),
         None => format!("nothing (dbid {dbid} is not in the address map)"),
     }
+}
+
+/// What SIGHUP re-reads: the map file, the secret file, the TLS files.
+struct Sources {
+    map: MapSource,
+    secret_file: Option<std::path::PathBuf>,
+    tls: TlsSource,
+}
+
+impl Sources {
+    /// Each one valid and changed goes to the runtime; anything else leaves
+    /// what is in force.
+    fn reload(&self, proxy: &ProxyHandle) {
+        reload(&self.map, proxy);
+        reload_secret(self.secret_file.as_deref(), proxy);
+        reload_tls(&self.tls, proxy);
+    }
+}
+
+/// Where TLS comes from: the flags, whose files are re-read on SIGHUP.
+struct TlsSource {
+    mode: TlsMode,
+    verify: TlsVerify,
+    files: Option<TlsFiles>,
+}
+
+impl TlsSource {
+    fn load(&self) -> Result<TlsPolicy, ic_proxy_core::tls::TlsError> {
+        TlsPolicy::load(self.mode, self.verify, self.files.as_ref())
+    }
+}
+
+/// SIGHUP: re-read the TLS files (new links use them; links the new CA no
+/// longer validates end); files that cannot be used leave TLS in force.
+fn reload_tls(tls: &TlsSource, proxy: &ProxyHandle) {
+    if tls.mode == TlsMode::Off {
+        return;
+    }
+    let policy = match tls.load() {
+        Ok(p) => p,
+        Err(e) => {
+            log::error!(
+                "ic-proxy: reload of the TLS files: {e}; the certificates in force stay in use"
+            );
+            return;
+        }
+    };
+    let current = proxy.current();
+    if current.tls == policy {
+        return;
+    }
+    log::info!("ic-proxy: reload of the TLS files: new certificates for new links");
+    proxy.reload(RuntimeConfig {
+        tls: policy,
+        ..(*current).clone()
+    });
 }
 
 /// SIGHUP: re-read the peer authentication secret file, when there is one,

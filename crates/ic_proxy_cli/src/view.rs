@@ -85,6 +85,7 @@ impl ProxyView {
                     state: p.state.name(),
                     traffic: p.traffic,
                     last_error: p.last_error.clone(),
+                    protection: p.protection.clone(),
                 })
                 .collect(),
             // As ic_proxy_status() shows it: every entry, and why nothing links.
@@ -103,6 +104,7 @@ impl ProxyView {
                         "this instance's dbid {} is not in the address map",
                         self.dbid
                     ),
+                    protection: String::new(),
                 })
                 .collect(),
         };
@@ -150,6 +152,8 @@ pub struct PeerRow {
     /// (`since_ms` 0: never).
     pub traffic: PeerTraffic,
     pub last_error: String,
+    /// How the link is protected (empty before the first link).
+    pub protection: String,
 }
 
 impl Report {
@@ -211,6 +215,7 @@ impl Report {
                 .field("cached_bytes", r.traffic.cached_bytes)
                 .field("drops", r.traffic.drops)
                 .field("reconnects", r.traffic.reconnects)
+                .field("protection", &r.protection)
                 .field("last_error", &r.last_error);
             out.push(peer);
         }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use crate::address_map::AddressMap;
 use crate::flow::FlowParams;
 use crate::protocol::{Dialect, DEFAULT_PACKET_SIZE};
+use crate::tls::TlsPolicy;
 
 /// The socket a backend connects to: `<dir>/.s.PGSQL.ic_proxy.<port>.<pid>`,
 /// with the postmaster's port and pid, exactly where Cloudberry looks.
@@ -104,6 +105,8 @@ pub struct RuntimeConfig {
     /// restarts (the path names the postmaster's pid) and serves no socket
     /// while the server is down.
     pub backend_socket: BackendSocket,
+    /// TLS on peer links (off by default, so C proxies can join).
+    pub tls: TlsPolicy,
 }
 
 /// The backend socket a runtime serves.
@@ -128,6 +131,7 @@ impl RuntimeConfig {
             retry_interval: Duration::from_secs(1),
             peer_secret: None,
             backend_socket: BackendSocket::FromSettings,
+            tls: TlsPolicy::off(),
         }
     }
 }

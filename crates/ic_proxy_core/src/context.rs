@@ -19,6 +19,7 @@ use crate::protocol::{IcTcpFramer, PacketDecoder};
 use crate::route::Registry;
 use crate::status::StatusBoard;
 use crate::sync::RwLock;
+use crate::tls::TlsPolicy;
 
 /// Unset content: this instance's dbid is not in the map.
 pub(crate) const NO_CONTENT: i32 = i32::MIN;
@@ -62,6 +63,11 @@ impl Ctx {
         self.policy.retry_interval()
     }
 
+    /// TLS on peer links, as in force now.
+    pub fn tls(&self) -> TlsPolicy {
+        self.policy.tls()
+    }
+
     /// A connection refused (at its admission or in its handshake): counted
     /// in `rejected_connections` and logged rate-limited.
     pub fn refuse(&self, line: impl FnOnce() -> String) {
@@ -80,15 +86,25 @@ pub(crate) struct LinkPolicy {
     my_content: AtomicI32,
     retry_ms: AtomicU64,
     secret: RwLock<Option<Arc<[u8]>>>,
+    tls: RwLock<TlsPolicy>,
 }
 
 impl LinkPolicy {
-    pub fn new(retry: Duration, secret: Option<Arc<[u8]>>) -> Self {
+    pub fn new(retry: Duration, secret: Option<Arc<[u8]>>, tls: TlsPolicy) -> Self {
         LinkPolicy {
             my_content: AtomicI32::new(NO_CONTENT),
             retry_ms: AtomicU64::new(retry.as_millis() as u64),
             secret: RwLock::new(secret),
+            tls: RwLock::new(tls),
         }
+    }
+
+    pub fn tls(&self) -> TlsPolicy {
+        self.tls.read().clone()
+    }
+
+    pub fn set_tls(&self, tls: TlsPolicy) {
+        *self.tls.write() = tls;
     }
 
     pub fn my_content(&self) -> i16 {

@@ -14,6 +14,7 @@ pub mod pending;
 pub mod protocol;
 pub mod status;
 pub mod sync;
+pub mod tls;
 pub mod trim;
 
 mod handle;

@@ -24,6 +24,7 @@ use crate::protocol::{IcTcpFramer, PacketDecoder, PacketType};
 use crate::route::{ByeOwed, Registry};
 use crate::session::shared::Arrival;
 use crate::status::{PeerState, PeerStats, StatusBoard};
+use crate::tls::TlsPolicy;
 
 /// Listeners made by the caller; `None` means the runtime binds its own
 /// (and retries every second while it cannot).
@@ -78,17 +79,18 @@ pub async fn run(
         shutdown: shutdown.clone(),
         links: CancellationToken::new(),
         tracker: TaskTracker::new(),
-        policy: LinkPolicy::new(cfg.retry_interval, cfg.peer_secret.clone()),
+        policy: LinkPolicy::new(cfg.retry_interval, cfg.peer_secret.clone(), cfg.tls.clone()),
         refusals: LogLimit::default(),
         drops: LogLimit::default(),
         sessions_done: tokio::sync::Notify::new(),
         caps,
     });
     log::info!(
-        "ic-proxy: starting: dbid {}, dialect {}, max packet size {}",
+        "ic-proxy: starting: dbid {}, dialect {}, max packet size {}, TLS on peer links: {}",
         ctx.settings.dbid,
         ctx.settings.dialect,
-        ctx.settings.max_packet_size
+        ctx.settings.max_packet_size,
+        describe_tls(&cfg.tls)
     );
 
     let backend_listener = match listeners.backend {
@@ -116,10 +118,12 @@ pub async fn run(
         let ctx2 = ctx.clone();
         ctx.tracker.spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
+            let mut expiry = tokio::time::interval(EXPIRY_CHECK);
             loop {
                 tokio::select! {
                     _ = ctx2.shutdown.cancelled() => break,
                     _ = tick.tick() => ctx2.registry.expire(),
+                    _ = expiry.tick() => warn_if_expiring(&ctx2.tls()),
                 }
             }
         });
@@ -166,6 +170,16 @@ pub async fn run(
                         slot.require_secret(&next.peer_secret);
                     }
                 }
+                if next.tls != current.tls {
+                    // New links use it; a link it no longer allows ends now
+                    // and is made again.
+                    ctx.policy.set_tls(next.tls.clone());
+                    log::info!("ic-proxy: TLS on peer links: {}", describe_tls(&next.tls));
+                    warn_if_expiring(&next.tls);
+                    for slot in peers.slots() {
+                        slot.require_tls(&next.tls);
+                    }
+                }
                 socket_tx.send_if_modified(|b| {
                     let changed = *b != next.backend_socket;
                     if changed {
@@ -209,6 +223,40 @@ pub async fn run(
         log::warn!("ic-proxy: some connections did not close within {STOP_GRACE:?}");
     }
     Ok(())
+}
+
+/// How often the certificate's expiry is looked at.
+const EXPIRY_CHECK: Duration = Duration::from_secs(3600);
+
+/// A WARNING when this proxy's certificate expires within
+/// [`crate::tls::EXPIRY_WARNING`] (or has expired).
+fn warn_if_expiring(tls: &TlsPolicy) {
+    let Some(m) = &tls.material else {
+        return;
+    };
+    let left = m.expires_in();
+    if left < crate::tls::EXPIRY_WARNING {
+        log::warn!(
+            "ic-proxy: the TLS certificate {} expires {} ({} days from now): replace ic_proxy.tls_cert_file and reload",
+            m.identity.subject,
+            crate::tls::cert_info::format_utc(m.identity.not_after),
+            left.as_secs() / 86_400
+        );
+    }
+}
+
+/// `off`, or the mode, the verification and this proxy's certificate.
+fn describe_tls(tls: &TlsPolicy) -> String {
+    match &tls.material {
+        None => tls.mode.to_string(),
+        Some(m) => format!(
+            "{} (verify {}; certificate {}, expires {})",
+            tls.mode,
+            tls.verify.name(),
+            m.identity.subject,
+            crate::tls::cert_info::format_utc(m.identity.not_after)
+        ),
+    }
 }
 
 /// Sends the BYEs the registry owes the senders of logical connections it

@@ -78,6 +78,10 @@ pub struct PeerStats {
     pub drops: AtomicU64,
     pub reconnects: AtomicU64,
     last_error: Mutex<String>,
+    /// How the link is protected: `plaintext`, `TLS1.3 <cipher suite>`,
+    /// each with `+ auth` when authenticated by the secret; empty before
+    /// the first link.
+    protection: Mutex<String>,
 }
 
 impl PeerStats {
@@ -95,6 +99,7 @@ impl PeerStats {
             drops: AtomicU64::new(0),
             reconnects: AtomicU64::new(0),
             last_error: Mutex::new(String::new()),
+            protection: Mutex::new(String::new()),
         }
     }
 
@@ -110,6 +115,10 @@ impl PeerStats {
 
     pub fn set_error(&self, e: impl Into<String>) {
         *self.last_error.lock() = e.into();
+    }
+
+    pub fn set_protection(&self, p: impl Into<String>) {
+        *self.protection.lock() = p.into();
     }
 
     pub fn snapshot(&self) -> PeerSnapshot {
@@ -128,6 +137,7 @@ impl PeerStats {
                 reconnects: self.reconnects.load(Relaxed),
             },
             last_error: self.last_error.lock().clone(),
+            protection: self.protection.lock().clone(),
         }
     }
 }
@@ -139,6 +149,8 @@ pub struct PeerSnapshot {
     pub state: PeerState,
     pub traffic: PeerTraffic,
     pub last_error: String,
+    /// How the last link was protected (see `PeerStats`).
+    pub protection: String,
 }
 
 /// A peer's numbers at one moment, as plain integers: the same struct in a

@@ -3,6 +3,7 @@
 //! and helpers that stream checksummed data through them with the backend
 //! client.
 
+pub mod certs;
 pub mod hostile;
 
 use std::path::PathBuf;
@@ -14,6 +15,7 @@ use ic_proxy_client::{
 };
 use ic_proxy_core::address_map::{AddressMap, PeerAddr};
 use ic_proxy_core::protocol::Dialect;
+use ic_proxy_core::tls::TlsPolicy;
 use ic_proxy_core::{
     bind_backend_socket, Listeners, PeerState, ProxyHandle, ProxySettings, RuntimeConfig,
     StatusBoard,
@@ -62,6 +64,10 @@ pub struct MeshOptions {
     pub absent: Vec<(u16, i16)>,
     /// DATA all logical connections to one peer may queue in a proxy.
     pub peer_queue_bytes: usize,
+    /// TLS on peer links of every proxy (off by default) ...
+    pub tls: TlsPolicy,
+    /// ... but these dbids'.
+    pub tls_of: Vec<(u16, TlsPolicy)>,
 }
 
 impl Default for MeshOptions {
@@ -75,6 +81,8 @@ impl Default for MeshOptions {
             handshake_timeout: Duration::from_secs(2),
             absent: Vec::new(),
             peer_queue_bytes: ic_proxy_core::config::DEFAULT_PEER_QUEUE_BYTES,
+            tls: TlsPolicy::off(),
+            tls_of: Vec::new(),
         }
     }
 }
@@ -138,6 +146,8 @@ impl Mesh {
         mesh
     }
 
+    /// The configuration of every proxy of the mesh with `map` (TLS as
+    /// `opts.tls` says).
     pub fn runtime_config(&self, map: AddressMap) -> RuntimeConfig {
         RuntimeConfig {
             map,
@@ -146,7 +156,17 @@ impl Mesh {
             retry_interval: Duration::from_millis(200),
             peer_secret: self.opts.peer_secret.clone(),
             backend_socket: Default::default(),
+            tls: self.opts.tls.clone(),
         }
+    }
+
+    /// The configuration of proxy `dbid` with `map`.
+    pub fn runtime_config_of(&self, dbid: u16, map: AddressMap) -> RuntimeConfig {
+        let mut c = self.runtime_config(map);
+        if let Some((_, tls)) = self.opts.tls_of.iter().find(|(d, _)| *d == dbid) {
+            c.tls = tls.clone();
+        }
+        c
     }
 
     /// Starts a proxy for `addr` with listener `l` and map `map`.
@@ -163,7 +183,7 @@ impl Mesh {
         settings.first_dial_delay = Duration::from_millis(10);
         settings.handshake_timeout = self.opts.handshake_timeout;
         settings.peer_queue_bytes = self.opts.peer_queue_bytes;
-        let mut proxy = ProxyHandle::new(self.runtime_config(map));
+        let mut proxy = ProxyHandle::new(self.runtime_config_of(addr.dbid, map));
         proxy.spawn(
             &tokio::runtime::Handle::current(),
             settings.clone(),

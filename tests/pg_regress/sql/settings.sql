@@ -19,6 +19,8 @@ SHOW ic_proxy.peer_auth_secret_file;
 SHOW ic_proxy.peer_queue_size;
 SHOW ic_proxy.peer_retry_interval;
 SHOW ic_proxy.socket_dir;
+SHOW ic_proxy.tls;
+SHOW ic_proxy.tls_verify;
 SHOW ic_proxy.worker_threads;
 
 -- The map in force: none.
@@ -41,6 +43,16 @@ ALTER SYSTEM SET ic_proxy.addresses = '''1:-1:cdw:7000''';
 ALTER SYSTEM SET ic_proxy.socket_dir = 'tmp/ic_proxy';
 \echo SQLSTATE :LAST_ERROR_SQLSTATE
 ALTER SYSTEM SET ic_proxy.peer_auth_secret_file = 'secret.txt';
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
+ALTER SYSTEM SET ic_proxy.tls_cert_file = 'tls/proxy.pem';
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
+ALTER SYSTEM SET ic_proxy.tls_key_file = 'proxy.key';
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
+ALTER SYSTEM SET ic_proxy.tls_ca_file = 'ca.pem';
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
+ALTER SYSTEM SET ic_proxy.tls = 'maybe';
+\echo SQLSTATE :LAST_ERROR_SQLSTATE
+ALTER SYSTEM SET ic_proxy.tls_verify = 'none';
 \echo SQLSTATE :LAST_ERROR_SQLSTATE
 ALTER SYSTEM SET ic_proxy.socket_dir = '/tmp/a-directory-name-that-is-far-too-long-to-hold-a-unix-socket-of-the-proxy';
 \echo SQLSTATE :LAST_ERROR_SQLSTATE

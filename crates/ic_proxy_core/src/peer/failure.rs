@@ -30,6 +30,13 @@ pub(crate) enum LinkFailure {
     /// `auth_failures` (unless only our own write failed).
     #[error("dbid {dbid}: {error}")]
     Auth { dbid: u16, error: ExchangeError },
+    /// The TLS handshake failed (a certificate refused by either end, a
+    /// handshake that did not finish in time): counted in `auth_failures`.
+    #[error("TLS handshake failed: {0}")]
+    Tls(String),
+    /// The two ends' `ic_proxy.tls` settings do not allow a link.
+    #[error("TLS: {0}")]
+    TlsRefused(&'static str),
     /// An established link carried bytes that are not a packet: counted in
     /// `rejected_connections`.
     #[error("malformed packet: {0}")]
@@ -61,12 +68,25 @@ pub(crate) enum LinkFailure {
 pub(super) const PEER_CLOSED: &str = "the peer closed the connection";
 
 impl LinkFailure {
+    /// True for a failure the peer's row shows on the accepting side too
+    /// (a refused certificate or secret, a TLS mismatch), unless a working
+    /// link is there.
+    pub fn shows_on_the_peer(&self) -> bool {
+        matches!(
+            self,
+            LinkFailure::Auth { .. } | LinkFailure::Tls(_) | LinkFailure::TlsRefused(_)
+        )
+    }
+
     /// Counts the failure where it belongs. (The side that refuses a
     /// connection it accepted also counts the refusal itself, in
     /// `rejected_connections`, through `Ctx::refuse`.)
     pub fn count(&self, counters: &ProxyCounters) {
         match self {
             LinkFailure::Auth { error, .. } if error.counts() => {
+                counters.auth_failures.fetch_add(1, Relaxed);
+            }
+            LinkFailure::Tls(_) => {
                 counters.auth_failures.fetch_add(1, Relaxed);
             }
             LinkFailure::Malformed(_) => {
@@ -104,6 +124,8 @@ mod tests {
         let write = ExchangeError::Write(io::ErrorKind::BrokenPipe.into());
         assert_eq!(counted(auth(write)), (0, 0));
         assert_eq!(counted(LinkFailure::Malformed("x".into())), (0, 1));
+        assert_eq!(counted(LinkFailure::Tls("unknown CA".into())), (1, 0));
+        assert_eq!(counted(LinkFailure::TlsRefused("require")), (0, 0));
         for quiet in [
             LinkFailure::Network(io::ErrorKind::ConnectionRefused.into()),
             LinkFailure::TimedOut("PEER HELLO ACK"),

@@ -16,11 +16,14 @@ use tokio::net::TcpStream;
 use super::directory::PeerDirectory;
 use super::failure::LinkFailure;
 use super::probe::LINK_PROBE_TIMEOUT;
-use super::{role, NewLink, Role};
+use super::{role, LinkSecurity, NewLink, Role};
 use crate::address_map::PeerAddr;
 use crate::auth::{Exchange, ExchangeError};
 use crate::context::Ctx;
 use crate::protocol::{Dialect, Endpoint, Header, PacketReader, PacketType};
+use crate::tls::negotiate::{self, AcceptorPlan, DialerPlan};
+use crate::tls::{LinkStream, TlsMaterial, TlsMode};
+use rustls::pki_types::ServerName;
 
 /// PEER_HELLO, header only: `me` as the source, the peer's content and
 /// dbid with pid 0 as the destination, everything else 0. The acceptor
@@ -127,7 +130,17 @@ async fn handshake_as_dialer(
         dbid: ctx.settings.dbid,
         pid: ctx.settings.pid,
     };
-    let hello = peer_hello(d, me, addr);
+    let tls = ctx.tls();
+    // TLS that cannot be used is not offered (`on` links in plaintext);
+    // `require` never dials without it.
+    let offer = if tls.ready() { tls.mode } else { TlsMode::Off };
+    if tls.mode == TlsMode::Require && offer == TlsMode::Off {
+        return Err(LinkFailure::TlsRefused(
+            "ic_proxy.tls = require and this proxy's certificates cannot be used",
+        ));
+    }
+    let mut hello = peer_hello(d, me, addr);
+    hello.command_id = negotiate::hello_marker(offer);
     s.write_all(&hello.encode(d))
         .await
         .map_err(LinkFailure::Network)?;
@@ -154,11 +167,44 @@ async fn handshake_as_dialer(
             ack.header.dst.dbid, addr.dbid
         )));
     }
+    let mut stream = match negotiate::dialer_plan(offer, ack.header.command_id) {
+        DialerPlan::Plain => LinkStream::Plain(s),
+        DialerPlan::Refuse(why) => return Err(LinkFailure::TlsRefused(why)),
+        DialerPlan::Tls => {
+            if !buf.is_empty() {
+                return Err(LinkFailure::Protocol(
+                    "bytes after PEER HELLO ACK, before TLS".into(),
+                ));
+            }
+            let material = tls.material.as_ref().expect("ready TLS has material");
+            let mut stream = connect_tls(ctx, material, &addr.host, s).await?;
+            // TLS 1.3 ends the client's handshake before the server has
+            // checked the client's certificate: its confirmation, or the
+            // alert that refuses the certificate, comes next.
+            let confirmed = tokio::time::timeout(
+                ctx.settings.handshake_timeout,
+                reader.read_packet(&mut stream, &mut buf),
+            )
+            .await
+            .map_err(|_| {
+                LinkFailure::Tls("no confirmation after the TLS handshake in time".into())
+            })?
+            .map_err(|e| LinkFailure::Tls(explain_io(&e)))?;
+            let h = &confirmed.header;
+            if h.ptype != PacketType::PeerHelloAck || h.command_id != negotiate::ACCEPT {
+                return Err(LinkFailure::Protocol(format!(
+                    "expected the TLS confirmation (a PEER HELLO ACK), got {}",
+                    h.ptype
+                )));
+            }
+            stream
+        }
+    };
     let secret = ctx.secret();
     if let Some(secret) = &secret {
         Exchange { reader }
             .authenticate_acceptor(
-                &mut s,
+                &mut stream,
                 &mut buf,
                 secret,
                 hello.src,
@@ -171,7 +217,85 @@ async fn handshake_as_dialer(
                 error,
             })?;
     }
-    Ok((s, buf, secret))
+    Ok(new_link(stream, buf, secret))
+}
+
+/// The link and how it is protected.
+fn new_link(stream: LinkStream, leftover: BytesMut, secret: Option<Arc<[u8]>>) -> NewLink {
+    let (transport, peer_chain) = match &stream {
+        LinkStream::Plain(_) => ("plaintext".to_string(), None),
+        LinkStream::Tls(t) => {
+            let conn = t.get_ref().1;
+            let suite = conn
+                .negotiated_cipher_suite()
+                .map(|s| format!("{:?}", s.suite()))
+                .unwrap_or_default();
+            let chain = conn.peer_certificates().map(|c| c.to_vec());
+            (format!("TLS1.3 {suite}"), chain)
+        }
+    };
+    NewLink {
+        stream,
+        leftover,
+        security: LinkSecurity {
+            secret,
+            peer_chain,
+            transport,
+        },
+    }
+}
+
+/// Starts TLS as the client on a link to `host`.
+async fn connect_tls(
+    ctx: &Ctx,
+    material: &TlsMaterial,
+    host: &str,
+    s: TcpStream,
+) -> Result<LinkStream, LinkFailure> {
+    let config = material
+        .client_config()
+        .map_err(|e| LinkFailure::Tls(e.to_string()))?;
+    // With tls_verify = ca the name is not checked, but TLS still needs one.
+    let name = ServerName::try_from(host.to_string())
+        .or_else(|_| ServerName::try_from("ic-proxy.invalid".to_string()))
+        .map_err(|e| LinkFailure::Tls(e.to_string()))?;
+    let connect = tokio_rustls::TlsConnector::from(config).connect(name, s);
+    let stream = tokio::time::timeout(ctx.settings.handshake_timeout, connect)
+        .await
+        .map_err(|_| LinkFailure::Tls("no TLS handshake in time".into()))?
+        .map_err(|e| LinkFailure::Tls(explain_io(&e)))?;
+    Ok(LinkStream::Tls(Box::new(stream.into())))
+}
+
+/// Starts TLS as the server on a link whose PEER_HELLO claims the instance
+/// at `host`.
+async fn accept_tls(
+    ctx: &Ctx,
+    material: &TlsMaterial,
+    host: &str,
+    s: TcpStream,
+) -> Result<LinkStream, LinkFailure> {
+    let config = material
+        .server_config(Some(host))
+        .map_err(|e| LinkFailure::Tls(e.to_string()))?;
+    let accept = tokio_rustls::TlsAcceptor::from(config).accept(s);
+    let stream = tokio::time::timeout(ctx.settings.handshake_timeout, accept)
+        .await
+        .map_err(|_| LinkFailure::Tls("no TLS handshake in time".into()))?
+        .map_err(|e| LinkFailure::Tls(explain_io(&e)))?;
+    Ok(LinkStream::Tls(Box::new(stream.into())))
+}
+
+/// A TLS failure as tokio-rustls reports it (a rustls error inside an I/O
+/// error), in the status's words.
+fn explain_io(e: &io::Error) -> String {
+    match e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    {
+        Some(tls) => crate::tls::explain(tls),
+        None => e.to_string(),
+    }
 }
 
 /// Takes over an accepted connection: checks its PEER_HELLO, answers it,
@@ -276,10 +400,48 @@ async fn handshake_as_acceptor(
         }
     }
     let d = ctx.settings.dialect;
-    let ack = peer_hello_ack(d, &h, ctx.settings.pid);
+    let tls = ctx.tls();
+    let plan = negotiate::acceptor_plan(tls.mode, tls.ready(), h.command_id);
+    let mut ack = peer_hello_ack(d, &h, ctx.settings.pid);
+    ack.command_id = match plan {
+        AcceptorPlan::Plain { ack_marker } | AcceptorPlan::Refuse { ack_marker, .. } => ack_marker,
+        AcceptorPlan::Tls => negotiate::ACCEPT,
+    };
     s.write_all(&ack.encode(d))
         .await
         .map_err(LinkFailure::Network)?;
+    let refused = |failure: LinkFailure| {
+        // Shown on the claimed peer's row, unless a working link is there
+        // (an impostor does not get to overwrite its status).
+        if failure.shows_on_the_peer() && !slot.is_up() {
+            slot.stats.set_error(failure.to_string());
+        }
+        failure
+    };
+    let mut stream = match plan {
+        AcceptorPlan::Plain { .. } => LinkStream::Plain(s),
+        AcceptorPlan::Refuse { reason, .. } => {
+            return Err(refused(LinkFailure::TlsRefused(reason)))
+        }
+        AcceptorPlan::Tls => {
+            if !buf.is_empty() {
+                return Err(LinkFailure::Protocol(
+                    "bytes after PEER HELLO, before TLS".into(),
+                ));
+            }
+            let material = tls.material.as_ref().expect("ready TLS has material");
+            let mut stream = accept_tls(ctx, material, &slot.addr.host, s)
+                .await
+                .map_err(refused)?;
+            // The dialer's certificate passed: say so inside TLS (the same
+            // ACK again), so the dialer knows before it uses the link.
+            stream
+                .write_all(&ack.encode(d))
+                .await
+                .map_err(LinkFailure::Network)?;
+            stream
+        }
+    };
     let secret = ctx.secret();
     if let Some(secret) = &secret {
         let me = Endpoint {
@@ -292,23 +454,20 @@ async fn handshake_as_acceptor(
         };
         let r = tokio::time::timeout(
             ctx.settings.handshake_timeout,
-            exchange.authenticate_connector(&mut s, &mut buf, secret, me, h.src),
+            exchange.authenticate_connector(&mut stream, &mut buf, secret, me, h.src),
         )
         .await
         .unwrap_or(Err(ExchangeError::NoAnswer { dbid: h.src.dbid }));
         if let Err(error) = r {
-            // Shown on the claimed peer's row, unless a working link is
-            // there (an impostor does not get to overwrite its status).
-            if !slot.is_up() {
-                slot.stats.set_error(error.to_string());
-            }
-            return Err(LinkFailure::Auth {
-                dbid: h.src.dbid,
-                error,
-            });
+            let dbid = h.src.dbid;
+            return Err(refused(LinkFailure::Auth { dbid, error }));
         }
     }
-    if slot.accepted.try_send((s, buf, secret)).is_err() {
+    if slot
+        .accepted
+        .try_send(new_link(stream, buf, secret))
+        .is_err()
+    {
         return Err(LinkFailure::Refused(format!(
             "dbid {} is already connecting",
             h.src.dbid

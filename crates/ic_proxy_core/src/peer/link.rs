@@ -10,8 +10,6 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -23,6 +21,7 @@ use crate::context::Ctx;
 use crate::protocol::{Header, HeaderError, LogicalConnKey, PacketReader, PacketType};
 use crate::route::RouteCache;
 use crate::session::shared::Arrival;
+use crate::tls::{LinkStream, ReadHalf, WriteHalf};
 
 /// How long a closing link may take to send what is queued.
 const FLUSH_GRACE: Duration = Duration::from_millis(500);
@@ -37,11 +36,11 @@ const READ_ROOM: usize = 64 * 1024;
 pub(super) async fn run_link(
     ctx: &Arc<Ctx>,
     slot: &Arc<PeerSlot>,
-    stream: TcpStream,
+    stream: LinkStream,
     leftover: BytesMut,
     rx: &mut mpsc::UnboundedReceiver<OutFrame>,
 ) -> LinkFailure {
-    let (rd, wr) = stream.into_split();
+    let (rd, wr) = stream.split();
     let link = slot.token.child_token();
     *slot.current_link.lock() = Some(link.clone());
     let reader = {
@@ -68,7 +67,7 @@ pub(super) async fn run_link(
 
 async fn write_link(
     slot: &PeerSlot,
-    mut wr: OwnedWriteHalf,
+    mut wr: WriteHalf,
     rx: &mut mpsc::UnboundedReceiver<OutFrame>,
     link: &CancellationToken,
 ) -> io::Result<()> {
@@ -131,7 +130,7 @@ async fn write_link(
 /// in time; a peer that does not read gets nothing more.
 async fn flush_queued(
     slot: &PeerSlot,
-    wr: &mut OwnedWriteHalf,
+    wr: &mut WriteHalf,
     rx: &mut mpsc::UnboundedReceiver<OutFrame>,
 ) {
     let generation = slot.generation();
@@ -152,7 +151,7 @@ async fn flush_queued(
 async fn read_link(
     ctx: &Arc<Ctx>,
     slot: &PeerSlot,
-    mut rd: OwnedReadHalf,
+    mut rd: ReadHalf,
     mut buf: BytesMut,
     link: &CancellationToken,
 ) -> LinkFailure {

@@ -18,6 +18,7 @@ use crate::auth::CHALLENGE_WAIT;
 use crate::context::Ctx;
 use crate::protocol::EncodedHeader;
 use crate::status::{PeerState, PeerStats};
+use crate::tls::{TlsMode, TlsPolicy};
 
 mod directory;
 mod failure;
@@ -33,7 +34,7 @@ pub(crate) use handshake::accept_peer;
 use handshake::dial;
 use link::run_link;
 pub use probe::PROBE_SESSION_ID;
-pub(crate) use queue::{NewLink, OutFrame, PeerQueue};
+pub(crate) use queue::{LinkSecurity, NewLink, OutFrame, PeerQueue};
 
 pub(crate) struct PeerSlot {
     pub addr: PeerAddr,
@@ -50,9 +51,9 @@ pub(crate) struct PeerSlot {
     /// Sequence number of the last link probe sent, and the last answered.
     probe_seq: AtomicU32,
     probe_answered: watch::Sender<u32>,
-    /// The authentication secret the link in use was made with (None: not
-    /// authenticated): a reload that requires another one ends it.
-    link_secret: Mutex<Option<Arc<[u8]>>>,
+    /// How the link in use is protected (its secret, its TLS): a reload
+    /// that requires more ends it.
+    link_security: Mutex<LinkSecurity>,
     /// Why the link in use is being ended from this side, when it is.
     end_reason: Mutex<Option<String>>,
 }
@@ -100,7 +101,7 @@ impl PeerSlot {
             current_link: Mutex::new(None),
             probe_seq: AtomicU32::new(0),
             probe_answered: watch::channel(0).0,
-            link_secret: Mutex::new(None),
+            link_security: Mutex::new(LinkSecurity::default()),
             end_reason: Mutex::new(None),
         });
         let task_ctx = ctx.clone();
@@ -147,13 +148,44 @@ impl PeerSlot {
         if !self.is_up() {
             return;
         }
-        let why = match self.link_secret.lock().as_deref() {
+        let why = match self.link_security.lock().secret.as_deref() {
             Some(used) if used == &**required => return,
             None => "the link was not authenticated and a reload turned peer authentication on",
             Some(_) => "a reload changed the peer authentication secret",
         };
         log::warn!(
             "ic-proxy: peer dbid {}: {why}; ending the link to make it again with the current secret",
+            self.addr.dbid
+        );
+        *self.end_reason.lock() = Some(format!("{why}; linking again"));
+        self.end_link();
+    }
+
+    /// TLS now works by `policy` (a reload changed it): a plaintext link
+    /// ends when TLS is required, and a TLS link whose peer certificate
+    /// the new CA does not validate ends too; both are made again.
+    pub fn require_tls(&self, policy: &TlsPolicy) {
+        if !self.is_up() {
+            return;
+        }
+        let security = self.link_security.lock().clone();
+        let why = match (&security.peer_chain, policy.mode, &policy.material) {
+            (None, TlsMode::Require, _) => {
+                "the link is plaintext and a reload set ic_proxy.tls = require".to_string()
+            }
+            (Some(chain), TlsMode::On | TlsMode::Require, Some(material)) => {
+                match material.check_chain(chain) {
+                    Ok(()) => return,
+                    Err(e) => format!(
+                        "after a reload the peer's certificate no longer passes: {}",
+                        crate::tls::explain(&e)
+                    ),
+                }
+            }
+            _ => return,
+        };
+        log::warn!(
+            "ic-proxy: peer dbid {}: {why}; ending the link to make it again",
             self.addr.dbid
         );
         *self.end_reason.lock() = Some(format!("{why}; linking again"));
@@ -226,9 +258,13 @@ async fn peer_task(
             Some(l) = accepted_rx.recv() => l,
         };
         last_error.clear();
-        let (stream, leftover, secret) = link;
+        let NewLink {
+            stream,
+            leftover,
+            security,
+        } = link;
         if let Some(required) = ctx.secret() {
-            if secret.as_deref() != Some(&*required) {
+            if security.secret.as_deref() != Some(&*required) {
                 // Made while a reload changed the secret: not used.
                 log::info!(
                     "ic-proxy: peer dbid {}: a new link was made without the current authentication secret; dropped",
@@ -238,7 +274,18 @@ async fn peer_task(
                 continue;
             }
         }
-        *slot.link_secret.lock() = secret;
+        if ctx.tls().mode == TlsMode::Require && security.peer_chain.is_none() {
+            // Made in plaintext while a reload required TLS: not used.
+            log::info!(
+                "ic-proxy: peer dbid {}: a new link was made in plaintext and ic_proxy.tls = require; dropped",
+                slot.addr.dbid
+            );
+            delay = Duration::ZERO;
+            continue;
+        }
+        slot.stats.set_protection(security.describe());
+        let protection = security.transport.clone();
+        *slot.link_security.lock() = security;
         slot.end_reason.lock().take();
         slot.set_up(true);
         slot.stats.set_state(PeerState::Connected);
@@ -247,7 +294,7 @@ async fn peer_task(
         }
         linked_before = true;
         log::info!(
-            "ic-proxy: peer dbid {} (content {}) connected",
+            "ic-proxy: peer dbid {} (content {}) connected ({protection})",
             slot.addr.dbid,
             slot.addr.content
         );

@@ -7,11 +7,12 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use tokio::net::TcpStream;
+use rustls::pki_types::CertificateDer;
 use tokio::sync::{mpsc, Semaphore};
 
 use crate::protocol::EncodedHeader;
 use crate::status::PeerStats;
+use crate::tls::LinkStream;
 
 /// One packet on its way to a peer: the header is built inline, the payload
 /// is shared with the buffer it was read into.
@@ -28,9 +29,38 @@ pub(crate) struct OutFrame {
     pub charged: u32,
 }
 
-/// A link and what its handshake used: the stream, bytes read past the
-/// handshake, and the authentication secret (None: not authenticated).
-pub(crate) type NewLink = (TcpStream, BytesMut, Option<Arc<[u8]>>);
+/// A link its handshake made: the stream, bytes read past the handshake,
+/// and how it is protected.
+pub(crate) struct NewLink {
+    pub stream: LinkStream,
+    pub leftover: BytesMut,
+    pub security: LinkSecurity,
+}
+
+/// How a link is protected: what the status shows of it, and what a reload
+/// checks again.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct LinkSecurity {
+    /// The authentication secret its handshake used (None: not
+    /// authenticated).
+    pub secret: Option<Arc<[u8]>>,
+    /// The peer's certificate chain, on a TLS link.
+    pub peer_chain: Option<Vec<CertificateDer<'static>>>,
+    /// `plaintext`, or `TLS1.3 <cipher suite>`.
+    pub transport: String,
+}
+
+impl LinkSecurity {
+    /// As `ic_proxy_status()` shows it: the transport, `+ auth` when the
+    /// peer authenticated with the secret.
+    pub fn describe(&self) -> String {
+        if self.secret.is_some() {
+            format!("{} + auth", self.transport)
+        } else {
+            self.transport.clone()
+        }
+    }
+}
 
 /// Echoes of probes waiting for one peer, at most: a peer that sends probes
 /// and reads nothing back cannot make the queue grow past this.

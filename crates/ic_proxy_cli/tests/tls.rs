@@ -1,0 +1,126 @@
+//! `ic-proxy run` with TLS between two real processes: the flags, a checked
+//! megabyte over a TLS link, and files it cannot use refused at start.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{free_port, ic_proxy, spec_1_to_2, stream_megabyte, text, ProxyProcess};
+use ic_proxy_tests::certs::{Flaw, TestCa};
+
+fn tls_flags(files: &ic_proxy_core::tls::TlsFiles) -> Vec<String> {
+    let path = |p: &std::path::Path| p.display().to_string();
+    vec![
+        "--tls".into(),
+        "require".into(),
+        "--tls-cert-file".into(),
+        path(&files.cert),
+        "--tls-key-file".into(),
+        path(&files.key),
+        "--tls-ca-file".into(),
+        path(&files.ca),
+    ]
+}
+
+#[test]
+fn two_processes_with_tls_carry_a_checked_megabyte() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(dir.path(), "cli");
+    let files = ca.issue("proxy", "127.0.0.1", Flaw::None);
+    let map = format!(
+        "1:-1:127.0.0.1:{},2:0:127.0.0.1:{}",
+        free_port(),
+        free_port()
+    );
+    let flags = tls_flags(&files);
+    let args: Vec<&str> = ["--addresses", map.as_str()]
+        .into_iter()
+        .chain(flags.iter().map(String::as_str))
+        .collect();
+    let mut p1 = ProxyProcess::start(dir.path(), 1, &args);
+    let mut p2 = ProxyProcess::start(dir.path(), 2, &args);
+    for p in [&mut p1, &mut p2] {
+        let log = p.wait_for_log("connected (TLS1.3 TLS13_");
+        assert!(log.contains("TLS on peer links: require"), "{log}");
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(stream_megabyte(
+        p1.socket(),
+        p2.socket(),
+        spec_1_to_2(5, 1),
+        1,
+        Duration::from_secs(60),
+    ))
+    .expect("a megabyte over TLS");
+    p1.stop_with(libc::SIGTERM);
+    p2.stop_with(libc::SIGTERM);
+}
+
+#[test]
+fn tls_files_that_cannot_be_used_are_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new(dir.path(), "bad");
+    let files = ca.issue("proxy", "127.0.0.1", Flaw::None);
+    let other = TestCa::new(dir.path(), "other").issue("stranger", "127.0.0.1", Flaw::None);
+    let map = format!("1:-1:127.0.0.1:{}", free_port());
+    let dir_arg = dir.path().display().to_string();
+    let run = |extra: &[&str]| {
+        let mut args = vec!["run", "--addresses", &map, "--dbid", "1", "--port", "5001"];
+        args.extend(["--pid", "40001", "--socket-dir", &dir_arg]);
+        args.extend(extra);
+        ic_proxy(&args)
+    };
+    // TLS without its files.
+    let out = run(&["--tls", "on"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("--tls-cert-file"),
+        "{}",
+        text(&out.stderr)
+    );
+    // A certificate from another CA than the one given.
+    let (cert, key, ca_file) = (
+        other.cert.display().to_string(),
+        other.key.display().to_string(),
+        files.ca.display().to_string(),
+    );
+    let out = run(&[
+        "--tls",
+        "require",
+        "--tls-cert-file",
+        &cert,
+        "--tls-key-file",
+        &key,
+        "--tls-ca-file",
+        &ca_file,
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("unknown CA"),
+        "{}",
+        text(&out.stderr)
+    );
+    // A key that is not the certificate's.
+    let (cert, key) = (
+        files.cert.display().to_string(),
+        other.key.display().to_string(),
+    );
+    let out = run(&[
+        "--tls",
+        "on",
+        "--tls-cert-file",
+        &cert,
+        "--tls-key-file",
+        &key,
+        "--tls-ca-file",
+        &ca_file,
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("certificate and key"),
+        "{}",
+        text(&out.stderr)
+    );
+    // Nothing was left behind.
+    assert!(!dir.path().join(".s.PGSQL.ic_proxy.5001.40001").exists());
+}
