@@ -12,9 +12,11 @@ use ic_proxy_client::{
     pattern_payload, ClientOptions, ConnSpec, Endpoint, LogicalConn, RecvItem, StreamDigest,
 };
 use ic_proxy_cluster_tests::builtin::BuiltinProxy;
+use ic_proxy_cluster_tests::{give_to_server_user, server_owned_tempdir};
 use ic_proxy_cluster_tests::{
     process_alive, wait_for_exit, wait_until, PgCluster, PgInstance, PRELOAD,
 };
+use ic_proxy_tests::certs::{Flaw, TestCa};
 
 const MESH_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -51,9 +53,15 @@ fn free_delta(ports: &[u16]) -> i32 {
 
 /// Starts `n` instances and brings up their mesh the way a user does.
 fn start_mesh(n: usize) -> (PgCluster, Vec<Node>, i32) {
+    start_mesh_with(n, &[])
+}
+
+/// The same, every instance with the settings `extra` too.
+fn start_mesh_with(n: usize, extra: &[String]) -> (PgCluster, Vec<Node>, i32) {
     let mut cluster = PgCluster::new(n, |_, _| vec![]).expect("initdb");
     for m in cluster.members() {
-        let lines = conf_for(m.dbid, &m.instance.socket_dir());
+        let mut lines = conf_for(m.dbid, &m.instance.socket_dir());
+        lines.extend(extra.iter().cloned());
         m.instance
             .append_conf(&lines.iter().map(String::as_str).collect::<Vec<_>>())
             .unwrap();
@@ -241,6 +249,62 @@ async fn the_mesh_comes_up_carries_data_and_answers_probes() {
         .psql("SELECT running, peer_listener, backend_socket, dialect FROM ic_proxy_info()")
         .unwrap();
     assert_eq!(info, "t|up|up|c");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mesh_over_tls_answers_probes_carries_data_and_shows_each_link_protected() {
+    // Certificates made here, readable by the server user.
+    let certs = server_owned_tempdir("ic-proxy-tls.").expect("a directory");
+    let ca = TestCa::new(certs.path(), "cluster");
+    let files = ca.issue("node", "127.0.0.1", Flaw::None);
+    give_to_server_user(certs.path()).expect("chown");
+    let extra = vec![
+        "ic_proxy.tls = 'require'".to_string(),
+        format!("ic_proxy.tls_cert_file = '{}'", files.cert.display()),
+        format!("ic_proxy.tls_key_file = '{}'", files.key.display()),
+        format!("ic_proxy.tls_ca_file = '{}'", files.ca.display()),
+    ];
+    let (cluster, nodes, _) = start_mesh_with(3, &extra);
+    for m in cluster.members() {
+        let rows = m
+            .instance
+            .psql("SELECT dbid || ':' || ok || ':' || coalesce(error, '') FROM ic_proxy_ping() ORDER BY dbid")
+            .unwrap();
+        let expected: Vec<String> = nodes
+            .iter()
+            .filter(|n| n.dbid != m.dbid)
+            .map(|n| format!("{}:true:", n.dbid))
+            .collect();
+        assert_eq!(
+            rows.lines().collect::<Vec<_>>(),
+            expected,
+            "probes from dbid {}",
+            m.dbid
+        );
+        let protection = m
+            .instance
+            .psql("SELECT string_agg(protection, ',' ORDER BY dbid) FROM ic_proxy_peers")
+            .unwrap();
+        for p in protection.split(',') {
+            assert!(
+                p.starts_with("TLS1.3 TLS13_"),
+                "dbid {}: {protection}",
+                m.dbid
+            );
+        }
+        let info = m
+            .instance
+            .psql("SELECT tls || '|' || tls_certificate || '|' || (tls_certificate_expires > now()) FROM ic_proxy_info()")
+            .unwrap();
+        assert_eq!(info, "require|CN=ic-proxy node|true", "dbid {}", m.dbid);
+    }
+    let (a, b) = (&nodes[1], &nodes[0]);
+    let sa = socket_of(cluster.instance(a.dbid), &a.socket_dir);
+    let sb = socket_of(cluster.instance(b.dbid), &b.socket_dir);
+    let (sent, got, n) = stream(sa, sb, spec(a, b, 1), 5, 500, 8188)
+        .await
+        .expect("stream");
+    assert_eq!((n, sent), (500, got), "bytes lost or reordered over TLS");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
