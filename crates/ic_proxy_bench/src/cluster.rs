@@ -37,7 +37,9 @@ pub struct LogWatch {
 
 impl LogWatch {
     fn see(&self, line: &str) {
-        if line.contains("ic-proxy: peer dbid") && line.ends_with(" connected") {
+        // "peer dbid 2 (content 0) connected", then how (newer builds).
+        let linked = line.ends_with(" connected") || line.contains(" connected (");
+        if line.contains("ic-proxy: peer dbid") && linked {
             self.links.fetch_add(1, Relaxed);
         } else if line.contains("link lost") {
             self.links.fetch_sub(1, Relaxed);
@@ -91,6 +93,18 @@ impl ProxyProc {
         end: (u16, i16, u16),
         threads: u16,
     ) -> Result<ProxyProc, String> {
+        Self::spawn_with(bin, dir, map_file, end, threads, &[])
+    }
+
+    /// The same with `extra` flags (e.g. TLS).
+    pub fn spawn_with(
+        bin: &Path,
+        dir: &Path,
+        map_file: &Path,
+        end: (u16, i16, u16),
+        threads: u16,
+        extra: &[String],
+    ) -> Result<ProxyProc, String> {
         let (dbid, content, port) = end;
         let mut child = Command::new(bin)
             .arg("run")
@@ -101,6 +115,7 @@ impl ProxyProc {
             .arg("--socket-dir")
             .arg(dir)
             .args(["--threads", &threads.to_string(), "--log-level", "info"])
+            .args(extra)
             .envs(PROXY_ENV.get().into_iter().flatten().cloned())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -209,6 +224,16 @@ pub struct Cluster {
 
 impl Cluster {
     pub async fn start(bin: &Path, contents: &[i16], threads: u16) -> Result<Cluster, String> {
+        Self::start_with(bin, contents, threads, &[]).await
+    }
+
+    /// The same, every proxy with `extra` flags.
+    pub async fn start_with(
+        bin: &Path,
+        contents: &[i16],
+        threads: u16,
+        extra: &[String],
+    ) -> Result<Cluster, String> {
         let dir = tempfile::Builder::new()
             .prefix("ic-proxy-bench.")
             .tempdir()
@@ -225,12 +250,13 @@ impl Cluster {
             .map_err(|e| format!("cannot write {}: {e}", map_file.display()))?;
         let mut procs = Vec::new();
         for (i, (c, p)) in contents.iter().zip(&ports).enumerate() {
-            procs.push(ProxyProc::spawn(
+            procs.push(ProxyProc::spawn_with(
                 bin,
                 dir.path(),
                 &map_file,
                 (i as u16 + 1, *c, *p),
                 threads,
+                extra,
             )?);
         }
         let deadline = Instant::now() + START_DEADLINE;

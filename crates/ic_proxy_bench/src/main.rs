@@ -24,6 +24,7 @@ mod pg;
 mod report;
 mod stats;
 mod suite;
+mod tls;
 mod transport;
 
 use std::path::{Path, PathBuf};
@@ -62,6 +63,9 @@ enum Scenario {
     Memory,
     /// 6: a mesh of many peers around one hub
     Mesh,
+    /// 8: TLS links against plaintext ones: 8 KB throughput (1/16/64 conns) with CPU per
+    /// GB, the query-like exchange, memory per link
+    Tls,
     /// 7: 8 KB throughput, CPU per GB and ping-pong through the worker in two PostgreSQL 15
     /// servers (needs the extension library: --pg-lib)
     Pg,

@@ -187,7 +187,10 @@ fn count(log: &str, needle: &str) -> usize {
 fn links_in(log: &str) -> i64 {
     let up = log
         .lines()
-        .filter(|l| l.contains("ic-proxy: peer dbid") && l.ends_with(" connected"))
+        .filter(|l| {
+            l.contains("ic-proxy: peer dbid")
+                && (l.ends_with(" connected") || l.contains(" connected ("))
+        })
         .count();
     up as i64 - count(log, "link lost") as i64
 }

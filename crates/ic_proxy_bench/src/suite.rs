@@ -69,6 +69,10 @@ pub(crate) struct Findings {
     pg_cpu_per_gb: Vec<(usize, Option<Spread>, Option<Spread>)>,
     /// 64 B ping-pong p50, worker / direct, 1 connection, other core idle.
     pg_ping_pong: Option<Option<Spread>>,
+    /// 8 KB, TLS / plaintext links, by connection count.
+    pub(crate) tls_throughput_ratio: BTreeMap<usize, Spread>,
+    /// Median query-like p50 over a TLS link minus over a plaintext one, µs.
+    pub(crate) tls_query_extra_us: Option<f64>,
 }
 
 pub(crate) struct Bench {
@@ -128,13 +132,13 @@ fn label_kb(payload: usize) -> String {
 }
 
 impl Bench {
-    fn problem(&mut self, what: &str, e: impl std::fmt::Display) {
+    pub(crate) fn problem(&mut self, what: &str, e: impl std::fmt::Display) {
         let p = format!("{what}: {e}");
         eprintln!("ic-proxy-bench: PROBLEM: {p}");
         self.report.problems.push(p);
     }
 
-    fn emit(&mut self, mut s: Section) {
+    pub(crate) fn emit(&mut self, mut s: Section) {
         let (busy0, ours0, t0) = self.noise_mark;
         self.noise_mark = noise_now(&self.also_ours);
         let (busy1, ours1, _) = self.noise_mark;
@@ -194,6 +198,9 @@ impl Bench {
             if want(Scenario::Memory) {
                 self.back_to_idle(&idle, &peak, &after);
             }
+        }
+        if want(Scenario::Tls) {
+            self.tls().await;
         }
         if want(Scenario::Memory) {
             self.idle_connections().await;
@@ -1247,6 +1254,20 @@ impl Bench {
                 target: format!("query-like exchange p99 ≤ 3× direct ({load})"),
                 measured: factor(*p99),
                 met: p99.map(|r| r.median <= 3.0),
+            });
+        }
+        if let Some(r) = f.tls_throughput_ratio.get(&64).copied() {
+            t.push(Target {
+                target: "TLS links, 8 KB throughput, 64 conns: ≥ 70% of plaintext".into(),
+                measured: percent(Some(r)),
+                met: Some(r.median >= 0.70),
+            });
+        }
+        if let Some(extra) = f.tls_query_extra_us {
+            t.push(Target {
+                target: "TLS links, query-like exchange p50: ≤ +50 µs over plaintext".into(),
+                measured: format!("{extra:+.1} µs"),
+                met: Some(extra <= 50.0),
             });
         }
         for (load, p50) in &f.ping_pong_1 {
