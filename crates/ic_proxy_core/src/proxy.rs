@@ -231,17 +231,8 @@ const EXPIRY_CHECK: Duration = Duration::from_secs(3600);
 /// A WARNING when this proxy's certificate expires within
 /// [`crate::tls::EXPIRY_WARNING`] (or has expired).
 fn warn_if_expiring(tls: &TlsPolicy) {
-    let Some(m) = &tls.material else {
-        return;
-    };
-    let left = m.expires_in();
-    if left < crate::tls::EXPIRY_WARNING {
-        log::warn!(
-            "ic-proxy: the TLS certificate {} expires {} ({} days from now): replace ic_proxy.tls_cert_file and reload",
-            m.identity.subject,
-            crate::tls::cert_info::format_utc(m.identity.not_after),
-            left.as_secs() / 86_400
-        );
+    if let Some(warning) = tls.material.as_ref().and_then(|m| m.expiry_warning()) {
+        log::warn!("{warning}");
     }
 }
 

@@ -382,6 +382,126 @@ impl TlsMaterial {
 /// A certificate expiring within this is warned about.
 pub const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 24 * 3600);
 
+impl TlsMaterial {
+    /// The WARNING to log when this proxy's certificate expires within
+    /// [`EXPIRY_WARNING`] (or has expired); None otherwise.
+    pub fn expiry_warning(&self) -> Option<String> {
+        let left = self.expires_in();
+        (left < EXPIRY_WARNING).then(|| {
+            format!(
+                "ic-proxy: the TLS certificate {} expires {} ({} days from now): replace ic_proxy.tls_cert_file and reload",
+                self.identity.subject,
+                cert_info::format_utc(self.identity.not_after),
+                left.as_secs() / 86_400
+            )
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    /// A CA and a certificate for 127.0.0.1 valid until `not_after` (seconds
+    /// since the epoch), written into `dir`.
+    fn files(dir: &Path, not_after: u64) -> TlsFiles {
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let mut leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+        leaf.distinguished_name
+            .push(rcgen::DnType::CommonName, "ic-proxy soon");
+        let (y, m, d) = ymd(not_after);
+        leaf.not_after = rcgen::date_time_ymd(y, m, d);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = leaf.signed_by(&key, &ca_cert, &ca_key).unwrap();
+        let f = TlsFiles {
+            cert: dir.join("c.pem"),
+            key: dir.join("c.key"),
+            ca: dir.join("ca.pem"),
+        };
+        std::fs::write(&f.cert, cert.pem()).unwrap();
+        std::fs::write(&f.key, key.serialize_pem()).unwrap();
+        std::fs::write(&f.ca, ca_cert.pem()).unwrap();
+        f
+    }
+
+    fn ymd(secs: u64) -> (i32, u8, u8) {
+        let s = cert_info::format_utc(secs);
+        (
+            s[..4].parse().unwrap(),
+            s[5..7].parse().unwrap(),
+            s[8..10].parse().unwrap(),
+        )
+    }
+
+    fn now() -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    }
+
+    #[test]
+    fn a_certificate_expiring_within_14_days_is_warned_about_and_a_later_one_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let soon = TlsMaterial::load(
+            &files(dir.path(), now() + 10 * 86_400),
+            TlsVerify::Full,
+            true,
+        )
+        .expect("loads");
+        let w = soon.expiry_warning().expect("a warning 10 days before");
+        assert!(
+            w.contains("CN=ic-proxy soon") && w.contains("days from now"),
+            "{w}"
+        );
+        let later = TlsMaterial::load(
+            &files(dir.path(), now() + 60 * 86_400),
+            TlsVerify::Full,
+            true,
+        )
+        .expect("loads");
+        assert_eq!(later.expiry_warning(), None);
+    }
+
+    #[test]
+    fn files_that_cannot_be_used_say_which_and_why() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = files(dir.path(), now() + 60 * 86_400);
+        let missing = TlsFiles {
+            cert: dir.path().join("nope.pem"),
+            ..good.clone()
+        };
+        let e = TlsPolicy::load(TlsMode::On, TlsVerify::Full, Some(&missing)).unwrap_err();
+        assert!(e.to_string().contains("nope.pem"), "{e}");
+        let not_pem = TlsFiles {
+            key: good.cert.clone(),
+            ..good.clone()
+        };
+        let e = TlsPolicy::load(TlsMode::On, TlsVerify::Full, Some(&not_pem)).unwrap_err();
+        assert!(e.to_string().contains("private key"), "{e}");
+        let e = TlsPolicy::load(TlsMode::Require, TlsVerify::Full, None).unwrap_err();
+        assert!(e.to_string().contains("--tls-cert-file"), "{e}");
+        assert!(TlsPolicy::load(TlsMode::Off, TlsVerify::Full, None).is_ok());
+        // The same files load to an equal policy (a reload that changes
+        // nothing), other files to another.
+        let a = TlsPolicy::load(TlsMode::On, TlsVerify::Full, Some(&good)).unwrap();
+        let b = TlsPolicy::load(TlsMode::On, TlsVerify::Full, Some(&good)).unwrap();
+        assert_eq!(a, b);
+        let other = tempfile::tempdir().unwrap();
+        let c = TlsPolicy::load(
+            TlsMode::On,
+            TlsVerify::Full,
+            Some(&files(other.path(), now() + 60 * 86_400)),
+        )
+        .unwrap();
+        assert_ne!(a, c);
+    }
+}
+
 /// What is wrong with a certificate, as "the certificate ..." goes on.
 fn problem(e: &rustls::Error) -> String {
     use rustls::{CertificateError as C, Error as E};
