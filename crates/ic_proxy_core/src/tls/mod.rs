@@ -398,6 +398,43 @@ impl TlsMaterial {
     }
 }
 
+/// What is wrong with a certificate, as "the certificate ..." goes on.
+fn problem(e: &rustls::Error) -> String {
+    use rustls::{CertificateError as C, Error as E};
+    match e {
+        E::InvalidCertificate(C::UnknownIssuer) => "is not signed by the CA (unknown CA)".into(),
+        E::InvalidCertificate(C::NotValidForName | C::NotValidForNameContext { .. }) => {
+            "does not name the host of its map entry (name mismatch)".into()
+        }
+        E::InvalidCertificate(C::Expired | C::ExpiredContext { .. }) => "has expired".into(),
+        E::InvalidCertificate(C::NotValidYet | C::NotValidYetContext { .. }) => {
+            "is not valid yet".into()
+        }
+        other => format!("is refused: {other}"),
+    }
+}
+
+/// Explains a TLS failure in the words the status shows: unknown CA, name
+/// mismatch, expired, and what the other end said about ours.
+pub fn explain(e: &rustls::Error) -> String {
+    use rustls::{AlertDescription as A, Error as E};
+    match e {
+        E::InvalidCertificate(_) => format!("the peer's certificate {}", problem(e)),
+        E::AlertReceived(A::UnknownCA) => {
+            "the peer does not know our CA (unknown CA at the peer)".into()
+        }
+        E::AlertReceived(A::CertificateExpired) => {
+            "the peer says our certificate has expired".into()
+        }
+        E::AlertReceived(A::BadCertificate) => {
+            "the peer refused our certificate (name mismatch or bad certificate at the peer)".into()
+        }
+        E::AlertReceived(A::ProtocolVersion) => "the peer does not speak TLS 1.3".into(),
+        E::NoCertificatesPresented => "the peer presented no certificate".into(),
+        other => other.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -499,42 +536,5 @@ mod tests {
         )
         .unwrap();
         assert_ne!(a, c);
-    }
-}
-
-/// What is wrong with a certificate, as "the certificate ..." goes on.
-fn problem(e: &rustls::Error) -> String {
-    use rustls::{CertificateError as C, Error as E};
-    match e {
-        E::InvalidCertificate(C::UnknownIssuer) => "is not signed by the CA (unknown CA)".into(),
-        E::InvalidCertificate(C::NotValidForName | C::NotValidForNameContext { .. }) => {
-            "does not name the host of its map entry (name mismatch)".into()
-        }
-        E::InvalidCertificate(C::Expired | C::ExpiredContext { .. }) => "has expired".into(),
-        E::InvalidCertificate(C::NotValidYet | C::NotValidYetContext { .. }) => {
-            "is not valid yet".into()
-        }
-        other => format!("is refused: {other}"),
-    }
-}
-
-/// Explains a TLS failure in the words the status shows: unknown CA, name
-/// mismatch, expired, and what the other end said about ours.
-pub fn explain(e: &rustls::Error) -> String {
-    use rustls::{AlertDescription as A, Error as E};
-    match e {
-        E::InvalidCertificate(_) => format!("the peer's certificate {}", problem(e)),
-        E::AlertReceived(A::UnknownCA) => {
-            "the peer does not know our CA (unknown CA at the peer)".into()
-        }
-        E::AlertReceived(A::CertificateExpired) => {
-            "the peer says our certificate has expired".into()
-        }
-        E::AlertReceived(A::BadCertificate) => {
-            "the peer refused our certificate (name mismatch or bad certificate at the peer)".into()
-        }
-        E::AlertReceived(A::ProtocolVersion) => "the peer does not speak TLS 1.3".into(),
-        E::NoCertificatesPresented => "the peer presented no certificate".into(),
-        other => other.to_string(),
     }
 }
