@@ -1457,3 +1457,108 @@ hostile!(probe_flood_from_a_peer_that_reads_nothing, |c| {
     assert_eq!(echo.header.session_id, ic_proxy_core::PROBE_SESSION_ID);
     assert_eq!(&echo.payload[..], &[0x5A; 8000][..]);
 });
+
+// ---- TLS openings -------------------------------------------------------------
+
+/// The case's proxies with `ic_proxy.tls = require` (certificates made here,
+/// loaded, and their files removed).
+fn tls_case_options() -> MeshOptions {
+    use ic_proxy_core::tls::{TlsMode, TlsVerify};
+    use ic_proxy_tests::certs::{policy, Flaw, TestCa};
+    let dir = tempfile::tempdir().expect("a directory");
+    let files = TestCa::new(dir.path(), "hostile").issue("proxy", "127.0.0.1", Flaw::None);
+    MeshOptions {
+        tls: policy(TlsMode::Require, TlsVerify::Full, &files),
+        ..case_options()
+    }
+}
+
+/// A fake dialer that offers TLS in its PEER_HELLO to proxy 1 and reads the
+/// PEER_HELLO_ACK that accepts it.
+async fn offer_tls(c: &Case) -> tokio::net::TcpStream {
+    let p1 = c.proxy(1);
+    let d = c.mesh.opts.dialect;
+    let mut s = connect_peer_port(p1).await;
+    let to = Endpoint {
+        content: p1.addr.content,
+        dbid: 1,
+        pid: 0,
+    };
+    let me = Endpoint {
+        content: FAKE_CONTENT,
+        dbid: FAKE_DBID,
+        pid: 99,
+    };
+    let mut hello = header(PacketType::PeerHello, d.header_len() as u16, me, to);
+    hello.command_id = ic_proxy_core::tls::negotiate::OFFER;
+    s.write_all(&hello.encode(d)).await.unwrap();
+    let mut ack = vec![0u8; d.header_len()];
+    s.read_exact(&mut ack).await.expect("a PEER_HELLO_ACK");
+    s
+}
+
+/// What a refused TLS opening leaves: the connection closed, a failed
+/// handshake counted, the reason on the claimed peer's row.
+async fn tls_opening_refused(c: &Case, mut s: tokio::net::TcpStream, n: u64) {
+    read_until_closed(&mut s)
+        .await
+        .expect("closed by the proxy");
+    c.wait_delta(1, |s| s.totals.auth_failures, n).await;
+    let row = c.proxy(1).status.snapshot().peers;
+    let fake = row
+        .iter()
+        .find(|p| p.addr.dbid == FAKE_DBID)
+        .expect("a row");
+    assert!(
+        fake.last_error.contains("TLS handshake failed"),
+        "{}: {fake:?}",
+        c.name
+    );
+}
+
+hostile!(
+    tls_random_bytes_instead_of_a_client_hello,
+    tls_case_options(),
+    |c| {
+        let mut s = offer_tls(&c).await;
+        s.write_all(&random_bytes(7, 600)).await.unwrap();
+        tls_opening_refused(&c, s, 1).await;
+    }
+);
+
+hostile!(
+    tls_a_truncated_client_hello_times_out,
+    tls_case_options(),
+    |c| {
+        let mut s = offer_tls(&c).await;
+        // A TLS record header announcing 512 bytes of handshake, and 10 of them.
+        s.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03])
+            .await
+            .unwrap();
+        tls_opening_refused(&c, s, 1).await;
+    }
+);
+
+hostile!(
+    tls_a_dialer_silent_after_the_ack_times_out,
+    tls_case_options(),
+    |c| {
+        let s = offer_tls(&c).await;
+        tls_opening_refused(&c, s, 1).await;
+    }
+);
+
+hostile!(
+    tls_a_plaintext_packet_where_tls_was_agreed,
+    tls_case_options(),
+    |c| {
+        // DATA in plaintext after the ACK that started TLS.
+        let mut s = offer_tls(&c).await;
+        let spec = fake_spec(c.proxy(1), 1);
+        let d = c.mesh.opts.dialect;
+        s.write_all(&packet(d, PacketType::Data, &spec, b"plaintext"))
+            .await
+            .unwrap();
+        tls_opening_refused(&c, s, 1).await;
+    }
+);

@@ -1,20 +1,14 @@
 //! TLS on peer links, with real proxies over loopback and certificates made
 //! here: meshes with TLS everywhere (both dialects), every pair of
 //! `ic_proxy.tls` modes, certificates refused for each reason on both ends,
-//! rotation by reload under a running stream, and hostile TLS openings.
+//! rotation by reload under a running stream. Hostile TLS openings are in
+//! the hostile catalogue (`hostile.rs`).
 
-use std::time::Duration;
-
-use ic_proxy_core::protocol::{Dialect, Endpoint, PacketType};
-use ic_proxy_core::tls::negotiate;
+use ic_proxy_core::protocol::Dialect;
 use ic_proxy_core::tls::{TlsMode, TlsPolicy, TlsVerify};
 use ic_proxy_core::PeerState;
 use ic_proxy_tests::certs::{policy, Flaw, TestCa};
-use ic_proxy_tests::hostile::{
-    connect_peer_port, header, random_bytes, read_until_closed, FAKE_CONTENT, FAKE_DBID,
-};
 use ic_proxy_tests::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Every proxy on 127.0.0.1 with a certificate of `ca` in `mode`.
 fn tls_options(ca: &TestCa, mode: TlsMode) -> MeshOptions {
@@ -325,81 +319,6 @@ async fn switching_to_require_ends_plaintext_links_and_makes_them_again_with_tls
     .await;
     mesh.wait_connected().await;
     stream(&mesh, 1, 2, 3).await;
-    mesh.shutdown().await;
-}
-
-/// A fake dialer that offers TLS in its PEER_HELLO to proxy 1 (which
-/// requires it) and reads the PEER_HELLO_ACK.
-async fn offer_tls(mesh: &Mesh) -> tokio::net::TcpStream {
-    let p1 = mesh.proxy(1);
-    let d = mesh.opts.dialect;
-    let mut s = connect_peer_port(p1).await;
-    let me = Endpoint {
-        content: FAKE_CONTENT,
-        dbid: FAKE_DBID,
-        pid: 99,
-    };
-    let to = Endpoint {
-        content: p1.addr.content,
-        dbid: 1,
-        pid: 0,
-    };
-    let mut hello = header(PacketType::PeerHello, d.header_len() as u16, me, to);
-    hello.command_id = negotiate::OFFER;
-    s.write_all(&hello.encode(d)).await.unwrap();
-    let mut ack = vec![0u8; d.header_len()];
-    s.read_exact(&mut ack).await.expect("a PEER_HELLO_ACK");
-    s
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn garbage_truncated_and_slow_client_hellos_are_refused_and_the_proxy_carries_on() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca = TestCa::new(dir.path(), "hostile");
-    let opts = MeshOptions {
-        absent: vec![(FAKE_DBID, FAKE_CONTENT)],
-        handshake_timeout: Duration::from_millis(500),
-        ..tls_options(&ca, TlsMode::Require)
-    };
-    let mesh = Mesh::start_with(&[-1, 0], opts);
-    mesh.wait_connected().await;
-    let failures = || mesh.proxy(1).status.snapshot().totals.auth_failures;
-
-    // Random bytes where a ClientHello belongs.
-    let before = failures();
-    let mut s = offer_tls(&mesh).await;
-    s.write_all(&random_bytes(7, 600)).await.unwrap();
-    read_until_closed(&mut s)
-        .await
-        .expect("closed by the proxy");
-    wait_until("the garbage counted", || failures() > before).await;
-
-    // A ClientHello cut short, then silence: the handshake times out.
-    let before = failures();
-    let mut s = offer_tls(&mesh).await;
-    // A TLS record header announcing 512 bytes of handshake, and 10 of them.
-    s.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00, 0x01, 0xfc, 0x03])
-        .await
-        .unwrap();
-    read_until_closed(&mut s)
-        .await
-        .expect("closed by the proxy");
-    wait_until("the truncated hello counted", || failures() > before).await;
-
-    // Nothing at all after the ACK: timed out too.
-    let before = failures();
-    let mut s = offer_tls(&mesh).await;
-    read_until_closed(&mut s)
-        .await
-        .expect("closed by the proxy");
-    wait_until("the silent dialer counted", || failures() > before).await;
-    let r = row(mesh.proxy(1), FAKE_DBID);
-    assert!(r.last_error.contains("TLS handshake failed"), "{r:?}");
-
-    // The real link never dropped and still carries data.
-    let r = row(mesh.proxy(1), 2);
-    assert_eq!((r.state, r.traffic.reconnects), (PeerState::Connected, 0));
-    stream(&mesh, 2, 1, 9).await;
     mesh.shutdown().await;
 }
 
