@@ -136,7 +136,7 @@ run_layer lint bash -c 'cargo fmt --all --check && cargo clippy --workspace --al
 # 1. core
 # --no-fail-fast: a failing test binary does not hide the results of the next.
 run_layer core cargo test --workspace --exclude cloudberry_ic_proxy --exclude ic_proxy_cluster_tests --no-fail-fast
-run_layer bench bash -c 'cargo build -q -p ic_proxy_cli -p ic_proxy_bench && target/debug/ic-proxy-bench --quick --only throughput,small,latency,churn,cpu,memory,mesh'
+run_layer bench bash -c 'cargo build -q -p ic_proxy_cli -p ic_proxy_bench && target/debug/ic-proxy-bench --quick --only throughput,small,latency,churn,cpu,memory,mesh,tls'
 
 # 2. pgrx: a data directory the server user owns, removed afterwards.
 PGRX_DATA="$WORK/pgrx-data"
