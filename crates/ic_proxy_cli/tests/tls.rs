@@ -6,9 +6,10 @@ mod common;
 use std::time::Duration;
 
 use common::{free_port, ic_proxy, spec_1_to_2, stream_megabyte, text, ProxyProcess};
+use ic_proxy_core::tls::TlsFiles;
 use ic_proxy_tests::certs::{Flaw, TestCa};
 
-fn tls_flags(files: &ic_proxy_core::tls::TlsFiles) -> Vec<String> {
+fn tls_flags(files: &TlsFiles) -> Vec<String> {
     let path = |p: &std::path::Path| p.display().to_string();
     vec![
         "--tls".into(),
@@ -64,63 +65,30 @@ fn tls_files_that_cannot_be_used_are_refused_at_start() {
     let other = TestCa::new(dir.path(), "other").issue("stranger", "127.0.0.1", Flaw::None);
     let map = format!("1:-1:127.0.0.1:{}", free_port());
     let dir_arg = dir.path().display().to_string();
-    let run = |extra: &[&str]| {
+    // `ic-proxy run` with `tls`; exit 2 and a message with `why`.
+    let refused = |tls: &[String], why: &str| {
         let mut args = vec!["run", "--addresses", &map, "--dbid", "1", "--port", "5001"];
         args.extend(["--pid", "40001", "--socket-dir", &dir_arg]);
-        args.extend(extra);
-        ic_proxy(&args)
+        args.extend(tls.iter().map(String::as_str));
+        let out = ic_proxy(&args);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains(why), "{why:?} not in {stderr}");
     };
     // TLS without its files.
-    let out = run(&["--tls", "on"]);
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
-    assert!(
-        text(&out.stderr).contains("--tls-cert-file"),
-        "{}",
-        text(&out.stderr)
-    );
+    refused(&["--tls".into(), "on".into()], "--tls-cert-file");
     // A certificate from another CA than the one given.
-    let (cert, key, ca_file) = (
-        other.cert.display().to_string(),
-        other.key.display().to_string(),
-        files.ca.display().to_string(),
-    );
-    let out = run(&[
-        "--tls",
-        "require",
-        "--tls-cert-file",
-        &cert,
-        "--tls-key-file",
-        &key,
-        "--tls-ca-file",
-        &ca_file,
-    ]);
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
-    assert!(
-        text(&out.stderr).contains("unknown CA"),
-        "{}",
-        text(&out.stderr)
-    );
+    let foreign = TlsFiles {
+        ca: files.ca.clone(),
+        ..other.clone()
+    };
+    refused(&tls_flags(&foreign), "unknown CA");
     // A key that is not the certificate's.
-    let (cert, key) = (
-        files.cert.display().to_string(),
-        other.key.display().to_string(),
-    );
-    let out = run(&[
-        "--tls",
-        "on",
-        "--tls-cert-file",
-        &cert,
-        "--tls-key-file",
-        &key,
-        "--tls-ca-file",
-        &ca_file,
-    ]);
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
-    assert!(
-        text(&out.stderr).contains("certificate and key"),
-        "{}",
-        text(&out.stderr)
-    );
+    let mismatched = TlsFiles {
+        key: other.key.clone(),
+        ..files.clone()
+    };
+    refused(&tls_flags(&mismatched), "certificate and key");
     // Nothing was left behind.
     assert!(!dir.path().join(".s.PGSQL.ic_proxy.5001.40001").exists());
 }

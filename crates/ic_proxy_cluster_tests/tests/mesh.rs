@@ -125,6 +125,23 @@ fn wait_mesh(i: &PgInstance, n: usize) {
     .unwrap_or_else(|e| panic!("{e}: {last}\n{}", i.log()));
 }
 
+/// `ic_proxy_ping()` on instance `dbid` answers ok from every other node.
+fn assert_every_probe_answers(i: &PgInstance, dbid: u16, nodes: &[Node]) {
+    let rows = i
+        .psql("SELECT dbid || ':' || ok || ':' || coalesce(error, '') FROM ic_proxy_ping() ORDER BY dbid")
+        .unwrap();
+    let expected: Vec<String> = nodes
+        .iter()
+        .filter(|n| n.dbid != dbid)
+        .map(|n| format!("{}:true:", n.dbid))
+        .collect();
+    assert_eq!(
+        rows.lines().collect::<Vec<_>>(),
+        expected,
+        "probes from dbid {dbid}"
+    );
+}
+
 fn socket_of(i: &PgInstance, dir: &std::path::Path) -> PathBuf {
     let pid = i.postmaster_pid().expect("running");
     ic_proxy_client::socket_path(dir, i.port(), pid)
@@ -199,18 +216,7 @@ async fn the_mesh_comes_up_carries_data_and_answers_probes() {
     let (cluster, nodes, _) = start_mesh(3);
     // Probes from every instance to every peer.
     for m in cluster.members() {
-        let rows = m.instance.psql("SELECT dbid || ':' || ok || ':' || coalesce(error, '') FROM ic_proxy_ping() ORDER BY dbid").unwrap();
-        let expected: Vec<String> = nodes
-            .iter()
-            .filter(|n| n.dbid != m.dbid)
-            .map(|n| format!("{}:true:", n.dbid))
-            .collect();
-        assert_eq!(
-            rows.lines().collect::<Vec<_>>(),
-            expected,
-            "probes from dbid {}",
-            m.dbid
-        );
+        assert_every_probe_answers(&m.instance, m.dbid, &nodes);
     }
     // Checksummed data on every pair, both directions, at once.
     let mut tasks = Vec::new();
@@ -266,21 +272,7 @@ async fn a_mesh_over_tls_answers_probes_carries_data_and_shows_each_link_protect
     ];
     let (cluster, nodes, _) = start_mesh_with(3, &extra);
     for m in cluster.members() {
-        let rows = m
-            .instance
-            .psql("SELECT dbid || ':' || ok || ':' || coalesce(error, '') FROM ic_proxy_ping() ORDER BY dbid")
-            .unwrap();
-        let expected: Vec<String> = nodes
-            .iter()
-            .filter(|n| n.dbid != m.dbid)
-            .map(|n| format!("{}:true:", n.dbid))
-            .collect();
-        assert_eq!(
-            rows.lines().collect::<Vec<_>>(),
-            expected,
-            "probes from dbid {}",
-            m.dbid
-        );
+        assert_every_probe_answers(&m.instance, m.dbid, &nodes);
         let protection = m
             .instance
             .psql("SELECT string_agg(protection, ',' ORDER BY dbid) FROM ic_proxy_peers")

@@ -35,6 +35,15 @@ fn row(p: &TestProxy, dbid: u16) -> ic_proxy_core::PeerSnapshot {
     }
 }
 
+/// Hands every proxy of `mesh` its configuration with `tls`.
+fn reload_tls(mesh: &Mesh, tls: TlsPolicy) {
+    for p in &mesh.proxies {
+        let mut c = (*p.config()).clone();
+        c.tls = tls.clone();
+        p.reload(c);
+    }
+}
+
 /// Streams 200 checked packets from `a` to `b` (connection `n`).
 async fn stream(mesh: &Mesh, a: u16, b: u16, n: u32) {
     let (tx, rx) = open_pair(mesh, a, b, n).await;
@@ -256,11 +265,7 @@ async fn certificates_rotate_by_reload_under_a_running_stream_without_losing_a_b
         );
     // New certificates of the same CA: the links in use carry on.
     let next = ca.issue("next", "127.0.0.1", Flaw::None);
-    for p in &mesh.proxies {
-        let mut c = (*p.config()).clone();
-        c.tls = policy(TlsMode::Require, TlsVerify::Full, &next);
-        p.reload(c);
-    }
+    reload_tls(&mesh, policy(TlsMode::Require, TlsVerify::Full, &next));
     let (sent, got) = running.await.unwrap();
     let (got, count) = got.expect("receiver");
     assert_eq!(
@@ -282,11 +287,7 @@ async fn certificates_rotate_by_reload_under_a_running_stream_without_losing_a_b
     // made again with the new certificates and carry data.
     let ca2 = TestCa::new(dir.path(), "rot2");
     let files2 = ca2.issue("proxy", "127.0.0.1", Flaw::None);
-    for p in &mesh.proxies {
-        let mut c = (*p.config()).clone();
-        c.tls = policy(TlsMode::Require, TlsVerify::Full, &files2);
-        p.reload(c);
-    }
+    reload_tls(&mesh, policy(TlsMode::Require, TlsVerify::Full, &files2));
     let p1 = mesh.proxy(1);
     wait_until("the link made again under the new CA", || {
         let r = row(p1, 2);
@@ -306,11 +307,7 @@ async fn switching_to_require_ends_plaintext_links_and_makes_them_again_with_tls
     let mesh = Mesh::start(&[-1, 0]);
     mesh.wait_connected().await;
     assert_eq!(row(mesh.proxy(1), 2).protection, "plaintext");
-    for p in &mesh.proxies {
-        let mut c = (*p.config()).clone();
-        c.tls = policy(TlsMode::Require, TlsVerify::Full, &files);
-        p.reload(c);
-    }
+    reload_tls(&mesh, policy(TlsMode::Require, TlsVerify::Full, &files));
     let p1 = mesh.proxy(1);
     wait_until("the link made again with TLS", || {
         let r = row(p1, 2);

@@ -260,11 +260,7 @@ async fn connect_tls(
         .or_else(|_| ServerName::try_from("ic-proxy.invalid".to_string()))
         .map_err(|e| LinkFailure::Tls(e.to_string()))?;
     let connect = tokio_rustls::TlsConnector::from(config).connect(name, s);
-    let stream = tokio::time::timeout(ctx.settings.handshake_timeout, connect)
-        .await
-        .map_err(|_| LinkFailure::Tls("no TLS handshake in time".into()))?
-        .map_err(|e| LinkFailure::Tls(explain_io(&e)))?;
-    Ok(LinkStream::Tls(Box::new(stream.into())))
+    within_handshake(ctx, connect).await
 }
 
 /// Starts TLS as the server on a link whose PEER_HELLO claims the instance
@@ -279,7 +275,18 @@ async fn accept_tls(
         .server_config(Some(host))
         .map_err(|e| LinkFailure::Tls(e.to_string()))?;
     let accept = tokio_rustls::TlsAcceptor::from(config).accept(s);
-    let stream = tokio::time::timeout(ctx.settings.handshake_timeout, accept)
+    within_handshake(ctx, accept).await
+}
+
+/// A TLS handshake, either side, bounded by the handshake timeout.
+async fn within_handshake<S>(
+    ctx: &Ctx,
+    handshake: impl std::future::Future<Output = io::Result<S>>,
+) -> Result<LinkStream, LinkFailure>
+where
+    S: Into<tokio_rustls::TlsStream<TcpStream>>,
+{
+    let stream = tokio::time::timeout(ctx.settings.handshake_timeout, handshake)
         .await
         .map_err(|_| LinkFailure::Tls("no TLS handshake in time".into()))?
         .map_err(|e| LinkFailure::Tls(explain_io(&e)))?;
