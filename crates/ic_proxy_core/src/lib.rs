@@ -23,6 +23,7 @@ mod peer;
 mod proxy;
 mod route;
 mod session;
+mod vectored;
 
 pub use config::{socket_path, BackendSocket, ProxySettings, RuntimeConfig};
 pub use handle::{ProxyHandle, StopError};

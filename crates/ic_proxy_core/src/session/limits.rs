@@ -29,8 +29,6 @@ pub(crate) fn queued_cap(settings: &ProxySettings) -> usize {
 pub(crate) const READ_ROOM: usize = 64 * 1024;
 /// A batch written to the backend in one call once it reaches this size.
 pub(crate) const WRITE_BATCH: usize = 256 * 1024;
-/// Most buffers one writev takes (Linux's IOV_MAX).
-pub(crate) const MAX_IOV: usize = 1024;
 
 #[cfg(test)]
 mod tests {

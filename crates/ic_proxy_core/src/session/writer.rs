@@ -9,47 +9,14 @@ use bytes::Bytes;
 use tokio::io::AsyncWriteExt;
 use tokio::net::unix::OwnedWriteHalf;
 
-use super::limits::{MAX_IOV, PACKET_COST, WRITE_BATCH};
+use super::limits::{PACKET_COST, WRITE_BATCH};
 use super::reader::Outbound;
 use super::{Arrival, BackendSession, Target};
 use crate::context::Ctx;
 use crate::flow::RecvCredit;
 use crate::protocol::PacketType;
 use crate::route::RouteCache;
-
-/// Writes every buffer of `bufs`, in order, with as few writev calls as the
-/// kernel allows.
-async fn write_all_vectored(wr: &mut OwnedWriteHalf, bufs: &[Bytes]) -> io::Result<()> {
-    let (mut i, mut off) = (0usize, 0usize);
-    let mut slices: Vec<io::IoSlice<'_>> = Vec::with_capacity(bufs.len().min(MAX_IOV));
-    while i < bufs.len() {
-        slices.clear();
-        slices.push(io::IoSlice::new(&bufs[i][off..]));
-        slices.extend(
-            bufs[i + 1..]
-                .iter()
-                .take(MAX_IOV - 1)
-                .map(|b| io::IoSlice::new(b)),
-        );
-        let mut n = wr.write_vectored(&slices).await?;
-        if n == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
-        }
-        // Step over what went out: whole buffers, then part of one.
-        while n > 0 && i < bufs.len() {
-            let rest = bufs[i].len() - off;
-            if n >= rest {
-                n -= rest;
-                i += 1;
-                off = 0;
-            } else {
-                off += n;
-                n = 0;
-            }
-        }
-    }
-    Ok(())
-}
+use crate::vectored::{write_all_vectored, MAX_IOV};
 
 /// Proxy -> backend: write what the other end sent, acknowledge it, and
 /// half-close on BYE.
