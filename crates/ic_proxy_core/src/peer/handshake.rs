@@ -252,9 +252,7 @@ async fn connect_tls(
     host: &str,
     s: TcpStream,
 ) -> Result<LinkStream, LinkFailure> {
-    let config = material
-        .client_config()
-        .map_err(|e| LinkFailure::Tls(e.to_string()))?;
+    let config = material.client_config();
     // With tls_verify = ca the name is not checked, but TLS still needs one.
     let name = ServerName::try_from(host.to_string())
         .or_else(|_| ServerName::try_from("ic-proxy.invalid".to_string()))

@@ -210,6 +210,8 @@ pub struct TlsMaterial {
     key: PrivateKeyDer<'static>,
     verify: TlsVerify,
     provider: Arc<rustls::crypto::CryptoProvider>,
+    /// The dialing side's configuration (the same for every link).
+    client: Arc<ClientConfig>,
     /// Of the three files' contents: equal material, equal fingerprint.
     fingerprint: [u8; 32],
     /// This proxy's certificate, as `ic_proxy_info()` shows it.
@@ -285,12 +287,17 @@ impl TlsMaterial {
             digest.update(part);
         }
         let fingerprint: [u8; 32] = digest.finalize().into();
+        let roots = Arc::new(roots);
+        // The dialing side's configuration is the same for every link: made
+        // once here.
+        let client = client_config(&roots, &provider, verify, &chain, &key)?;
         let material = TlsMaterial {
-            roots: Arc::new(roots),
+            roots,
             chain,
             key,
             verify,
             provider,
+            client,
             fingerprint,
             identity,
         };
@@ -306,7 +313,6 @@ impl TlsMaterial {
                 })?;
         }
         material.server_config(None)?;
-        material.client_config()?;
         Ok(material)
     }
 
@@ -355,18 +361,8 @@ impl TlsMaterial {
     }
 
     /// The configuration of the dialing side.
-    pub fn client_config(&self) -> Result<Arc<ClientConfig>, TlsError> {
-        let verifier =
-            verify::PeerServerVerifier::new(self.roots.clone(), self.provider.clone(), self.verify)
-                .map_err(TlsError::Config)?;
-        let config = ClientConfig::builder_with_provider(self.provider.clone())
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .map_err(TlsError::Config)?
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(verifier))
-            .with_client_auth_cert(self.chain.clone(), self.key.clone_key())
-            .map_err(TlsError::BadPair)?;
-        Ok(Arc::new(config))
+    pub fn client_config(&self) -> Arc<ClientConfig> {
+        self.client.clone()
     }
 
     /// How long until this proxy's certificate expires (zero once it has).
@@ -377,6 +373,27 @@ impl TlsMaterial {
             .unwrap_or(0);
         Duration::from_secs(self.identity.not_after.saturating_sub(now))
     }
+}
+
+/// The configuration of the dialing side: its chain and key, and the
+/// acceptor's certificate checked as `verify` says.
+fn client_config(
+    roots: &Arc<RootCertStore>,
+    provider: &Arc<rustls::crypto::CryptoProvider>,
+    verify: TlsVerify,
+    chain: &[CertificateDer<'static>],
+    key: &PrivateKeyDer<'static>,
+) -> Result<Arc<ClientConfig>, TlsError> {
+    let verifier = verify::PeerServerVerifier::new(roots.clone(), provider.clone(), verify)
+        .map_err(TlsError::Config)?;
+    let config = ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(TlsError::Config)?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_client_auth_cert(chain.to_vec(), key.clone_key())
+        .map_err(TlsError::BadPair)?;
+    Ok(Arc::new(config))
 }
 
 /// A certificate expiring within this is warned about.
