@@ -23,6 +23,8 @@ const KEPT_WARNINGS: usize = 50;
 /// Environment every proxy process gets (`--proxy-env`), e.g. an allocator
 /// to preload for an experiment. Set once, before the first proxy starts.
 pub static PROXY_ENV: OnceLock<Vec<(String, String)>> = OnceLock::new();
+/// Flags added to every `ic-proxy run` (`--proxy-arg`).
+pub static PROXY_ARGS: OnceLock<Vec<String>> = OnceLock::new();
 
 /// What a proxy's stderr has said so far.
 #[derive(Default)]
@@ -116,6 +118,7 @@ impl ProxyProc {
             .arg(dir)
             .args(["--threads", &threads.to_string(), "--log-level", "info"])
             .args(extra)
+            .args(PROXY_ARGS.get().into_iter().flatten())
             .envs(PROXY_ENV.get().into_iter().flatten().cloned())
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -134,6 +134,10 @@ struct Args {
     /// such as LD_PRELOAD of another allocator
     #[arg(long, value_name = "KEY=VALUE", value_parser = parse_env)]
     proxy_env: Vec<(String, String)>,
+    /// A flag added to every `ic-proxy run` (repeatable, e.g.
+    /// --proxy-arg=--flow-pause-threshold=400), for experiments
+    #[arg(long, value_name = "ARG", allow_hyphen_values = true)]
+    proxy_arg: Vec<String>,
     /// Read `perf script` output on stdin and print where the time goes, by proxy function and system call
     #[arg(long)]
     fold_perf_script: bool,
@@ -318,6 +322,7 @@ async fn bench_main(args: Args, nofile: u64) -> ExitCode {
         None
     };
     let _ = cluster::PROXY_ENV.set(args.proxy_env.clone());
+    let _ = cluster::PROXY_ARGS.set(args.proxy_arg.clone());
     if let (Some(secs), Some(file)) = (args.profile_load, &args.pids_file) {
         return profile_load(&bin, secs, args.profile_conns, args.profile_ping_pong, file).await;
     }
@@ -344,7 +349,8 @@ async fn bench_main(args: Args, nofile: u64) -> ExitCode {
             load_average: [machine::load_average(), String::new()],
             options: json!({ "plan": &plan, "ic_proxy": bin.display().to_string(), "nofile": nofile,
                              "pg_lib": pg_lib.as_ref().map(|l| json!({ "path": l.path.display().to_string(), "how": l.how, "modified": l.modified })),
-                             "proxy_env": args.proxy_env.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>() }),
+                             "proxy_env": args.proxy_env.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(),
+                             "proxy_args": args.proxy_arg }),
             sections: Vec::new(),
             targets: Vec::new(),
             problems: Vec::new(),

@@ -139,6 +139,17 @@ pub struct RunArgs {
     /// while its link is busy; past it their backends wait [default: 16 MiB]
     #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u32).range(65536..))]
     pub peer_queue_size: Option<u32>,
+    /// DATA_ACK flow control: a logical connection's sender pauses at this
+    /// many unacknowledged DATA packets (ic_proxy.flow_pause_threshold)
+    #[arg(long, value_name = "N", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    pub flow_pause_threshold: u32,
+    /// ... and resumes below this many (ic_proxy.flow_resume_threshold)
+    #[arg(long, value_name = "N", default_value_t = 30)]
+    pub flow_resume_threshold: u32,
+    /// The receiver acknowledges every this many DATA packets
+    /// (ic_proxy.flow_ack_interval); peers may use other values
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub flow_ack_interval: u32,
     /// File with the secret every peer must prove it holds (HMAC-SHA256
     /// challenge-response); read at start. Without it peers are not
     /// authenticated, as with the C proxy

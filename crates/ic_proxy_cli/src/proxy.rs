@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ic_proxy_core::address_map::AddressMap;
+use ic_proxy_core::flow::FlowParams;
 use ic_proxy_core::tls::{TlsFiles, TlsMode, TlsPolicy, TlsVerify};
 use ic_proxy_core::{Listeners, ProxyHandle, ProxySettings, RuntimeConfig, StopError};
 use tokio::signal::unix::{signal, Signal, SignalKind};
@@ -62,6 +63,18 @@ pub fn run_proxy(args: RunArgs) -> ExitCode {
         settings.peer_queue_bytes = bytes as usize;
     }
     settings.take_over = args.take_over;
+    settings.flow = FlowParams {
+        pause_at: args.flow_pause_threshold,
+        resume_at: args.flow_resume_threshold,
+        ack_interval: args.flow_ack_interval,
+    };
+    if let Err(e) = settings.flow.validate() {
+        eprintln!(
+            "ic-proxy: --flow-pause-threshold {} --flow-resume-threshold {} --flow-ack-interval {}: {e}",
+            args.flow_pause_threshold, args.flow_resume_threshold, args.flow_ack_interval
+        );
+        return ExitCode::from(EXIT_USAGE);
+    }
     let mut config = RuntimeConfig::new(map);
     config.backend_socket = identity.backend_socket();
     if let Some(bytes) = args.early_cache_size {

@@ -134,7 +134,16 @@ fn send_and_recv_carry_a_megabyte_between_two_proxy_processes() {
         free_port(),
         free_port()
     );
-    let mut p1 = start(dir.path(), 1, &["--addresses", &map], &[]);
+    // The sending proxy's window is wider than its peer's (it pauses at 400
+    // unacknowledged packets, the peer at 100); the peer acknowledges every
+    // 10 as a C proxy does, whatever the sender's window.
+    let wide = [
+        "--flow-pause-threshold",
+        "400",
+        "--flow-resume-threshold",
+        "120",
+    ];
+    let mut p1 = start(dir.path(), 1, &["--addresses", &map], &wide);
     let mut p2 = start(dir.path(), 2, &["--addresses", &map], &["--threads", "1"]);
 
     let key = [
@@ -328,6 +337,37 @@ fn sighup_rereads_the_map_file_and_keeps_the_old_map_when_the_new_one_is_bad() {
 
     proxy.stop_with(libc::SIGINT);
     assert!(proxy.log().contains("SIGINT received, stopping"));
+}
+
+#[test]
+fn run_refuses_flow_thresholds_under_which_a_paused_sender_never_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |flow: &[&str]| {
+        Command::new(BIN)
+            .args(["run", "--addresses", "1:-1:127.0.0.1:7000", "--dbid", "1"])
+            .args(["--port", "5432", "--pid", "78"])
+            .arg("--socket-dir")
+            .arg(dir.path())
+            .args(flow)
+            .output()
+            .unwrap()
+    };
+    let out = run(&["--flow-pause-threshold", "30"]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("--flow-pause-threshold 30 --flow-resume-threshold 30 --flow-ack-interval 10: the resume threshold (30) must be below the pause threshold (30)"),
+        "{stderr}"
+    );
+    let out = run(&["--flow-ack-interval", "32"]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("the DATA_ACK interval (32) must not exceed the resume threshold + 1 (31)"),
+        "{stderr}"
+    );
+    // Nothing was bound.
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }
 
 #[test]
