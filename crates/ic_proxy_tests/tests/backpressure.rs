@@ -53,23 +53,7 @@ fn a_slow_peer_link_bounds_what_waits_and_loses_nothing() {
         let client = mesh.client_options();
 
         // Backends stream as fast as the proxy takes their data.
-        let mut senders = Vec::new();
-        for n in 0..CONNS {
-            let spec = fake_spec(p, n);
-            let (socket, client) = (p.socket.clone(), client.clone());
-            senders.push(tokio::spawn(async move {
-                let mut c = LogicalConn::connect(&socket, spec, &client)
-                    .await
-                    .map_err(|e| format!("conn {n}: {e}"))?;
-                for i in 0..PACKETS {
-                    c.send_packet(&pattern_payload(u64::from(n), i, LEN))
-                        .await
-                        .map_err(|e| format!("conn {n}, packet {i}: {e}"))?;
-                }
-                c.finish().await.map_err(|e| format!("conn {n}: {e}"))?;
-                Ok::<_, String>(c)
-            }));
-        }
+        let senders: Vec<_> = (0..CONNS).map(|n| spawn_sender(p, &client, n)).collect();
 
         // The peer reads nothing: the queue fills up to the budget, and the
         // budget holds while every sender still has data to send.
@@ -137,6 +121,94 @@ fn a_slow_peer_link_bounds_what_waits_and_loses_nothing() {
         for n in 0..CONNS {
             assert_eq!(got[&n].0, expected(n), "conn {n}: the bytes differ");
         }
+        wait_until("the queue to empty", || cached(p) == 0).await;
+        mesh.shutdown().await;
+    });
+}
+
+/// Streams `PACKETS` packets on connection `n` of the fake peer's spec.
+fn spawn_sender(
+    p: &TestProxy,
+    client: &ic_proxy_client::ClientOptions,
+    n: u32,
+) -> tokio::task::JoinHandle<Result<LogicalConn, String>> {
+    let spec = fake_spec(p, n);
+    let (socket, client) = (p.socket.clone(), client.clone());
+    tokio::spawn(async move {
+        let mut c = LogicalConn::connect(&socket, spec, &client)
+            .await
+            .map_err(|e| format!("conn {n}: {e}"))?;
+        for i in 0..PACKETS {
+            c.send_packet(&pattern_payload(u64::from(n), i, LEN))
+                .await
+                .map_err(|e| format!("conn {n}, packet {i}: {e}"))?;
+        }
+        c.finish().await.map_err(|e| format!("conn {n}: {e}"))?;
+        Ok(c)
+    })
+}
+
+/// A link lost while the queue for its peer is full: the logical
+/// connections through it end, what was queued is discarded, and the
+/// budget it held comes back whole, so the next link carries a stream of
+/// many budgets' worth.
+#[test]
+fn a_link_lost_with_a_full_queue_gives_its_budget_back() {
+    run_named("backpressure-lost", async {
+        let mut opts = case_options();
+        opts.peer_queue_bytes = BUDGET;
+        let mesh = Mesh::start_with(&[-1], opts);
+        let p = mesh.proxy(1);
+        let fake = FakePeer::link_as_fake(p).await;
+        let client = mesh.client_options();
+        let senders: Vec<_> = (0..CONNS).map(|n| spawn_sender(p, &client, n)).collect();
+        wait_until("the queue for the silent peer to fill", || {
+            cached(p) as usize > BUDGET - 2 * 8192
+        })
+        .await;
+
+        // The link goes: every connection through it ends, visibly.
+        drop(fake);
+        for s in senders {
+            let r = s.await.expect("sender task");
+            assert!(r.is_err(), "a sender finished although its link was lost");
+        }
+        wait_until("the lost link's queue to give its budget back", || {
+            cached(p) == 0
+        })
+        .await;
+
+        // A new link: one stream of 8 budgets goes through, every byte.
+        let mut fake = FakePeer::link_as_fake(p).await;
+        let n = CONNS;
+        let sender = spawn_sender(p, &client, n);
+        let d = fake.dialect;
+        let (mut digest, mut packets) = (StreamDigest::new(), 0u64);
+        loop {
+            let pkt = fake
+                .recv()
+                .await
+                .expect("the new link stays up")
+                .expect("the proxy keeps the new link open");
+            let h = pkt.header;
+            assert_eq!(h.command_id, fake_spec(p, n).command_id, "{h}");
+            match h.ptype {
+                PacketType::Data => {
+                    digest.update(&pkt.payload);
+                    packets += 1;
+                    if packets.is_multiple_of(10) {
+                        let ack = packet(d, PacketType::DataAck, &fake_spec(p, n).reversed(), &[]);
+                        fake.send(&ack).await.expect("send DATA ACK");
+                    }
+                }
+                PacketType::Bye => break,
+                other => panic!("unexpected {other}"),
+            }
+        }
+        let bye = packet(d, PacketType::Bye, &fake_spec(p, n).reversed(), &[]);
+        fake.send(&bye).await.expect("send BYE");
+        sender.await.expect("sender task").expect("the stream");
+        assert_eq!(digest, expected(n), "the bytes differ");
         wait_until("the queue to empty", || cached(p) == 0).await;
         mesh.shutdown().await;
     });

@@ -324,14 +324,11 @@ async fn peer_task(
             );
         }
         slot.set_up(false);
-        // What the ended logical connections still send (their BYEs) stays
-        // behind: the next link starts a new generation.
-        slot.queue.next_generation();
         // Frames queued for the dead link belong to the logical connections
-        // being ended now: discard them before ending those connections.
-        while let Ok(f) = rx.try_recv() {
-            slot.queue.taken(&f);
-        }
+        // being ended now: they are discarded, with the budget they held,
+        // before those connections end; what they still send (their BYEs)
+        // stays behind too: the next link starts a new generation.
+        slot.queue.close_generation(&mut rx);
         let ended = ctx.registry.abort_remote(slot.addr.dbid);
         if slot.token.is_cancelled() {
             break;

@@ -12,6 +12,7 @@ use tokio::sync::{mpsc, Semaphore};
 
 use crate::protocol::EncodedHeader;
 use crate::status::PeerStats;
+use crate::sync::Mutex;
 use crate::tls::LinkStream;
 
 /// One packet on its way to a peer: the header is built inline, the payload
@@ -81,6 +82,11 @@ pub(crate) struct PeerQueue {
     /// their backends; a session waits for room before it reads on.
     budget: Semaphore,
     budget_cap: u32,
+    /// Held while a frame is checked against the generation and queued,
+    /// and while a lost link's generation is closed and its frames
+    /// discarded: no frame of a lost link is queued after that discard,
+    /// where it would hold budget until the next link.
+    gate: Mutex<()>,
 }
 
 impl PeerQueue {
@@ -98,12 +104,20 @@ impl PeerQueue {
             generation: AtomicU64::new(0),
             budget: Semaphore::new(budget),
             budget_cap: budget.min(u32::MAX as usize) as u32,
+            gate: Mutex::new(()),
         };
         (queue, rx)
     }
 
-    /// Queues a frame for the peer. Frames wait while the link is down.
+    /// Queues a frame for the peer. Frames wait while the link is down;
+    /// a frame of a link already lost is discarded and its budget given
+    /// back.
     pub fn send(&self, f: OutFrame) {
+        let _gate = self.gate.lock();
+        if f.generation != self.generation() {
+            self.discard(&f);
+            return;
+        }
         let _ = self.tx.send(f);
     }
 
@@ -112,10 +126,22 @@ impl PeerQueue {
         self.generation.load(Relaxed)
     }
 
-    /// A link was lost: what is still queued, or queued from now on for
-    /// the old generation, never goes out on the next link.
-    pub fn next_generation(&self) {
+    /// A link was lost: what is queued for it (the frames of the logical
+    /// connections being ended now) is discarded and its budget given
+    /// back, and what they queue from now on never goes out on the next
+    /// link. Frames queued for the next link are not touched.
+    pub fn close_generation(&self, rx: &mut mpsc::UnboundedReceiver<OutFrame>) {
+        let _gate = self.gate.lock();
         self.generation.fetch_add(1, Relaxed);
+        // Everything queued now was checked against the old generation.
+        while let Ok(f) = rx.try_recv() {
+            self.discard(&f);
+        }
+    }
+
+    fn discard(&self, f: &OutFrame) {
+        let charged = self.taken(f);
+        self.release(charged);
     }
 
     /// Waits until `bytes` of DATA may be queued for this peer and takes
@@ -170,6 +196,7 @@ impl PeerQueue {
 
     /// A frame left the queue (written, or discarded with a dead link);
     /// returns the budget it held, for the caller to release.
+    #[must_use = "the budget the frame held must be released"]
     pub fn taken(&self, f: &OutFrame) -> usize {
         if f.echo {
             self.echo_queued
@@ -285,9 +312,38 @@ mod tests {
 
     #[test]
     fn frames_carry_the_generation() {
-        let (q, _rx) = queue(100);
+        let (q, mut rx) = queue(100);
         assert_eq!(data(&q, 0).generation, 0);
-        q.next_generation();
+        q.close_generation(&mut rx);
         assert_eq!(data(&q, 0).generation, 1);
+    }
+
+    #[tokio::test]
+    async fn a_lost_link_gives_back_the_budget_of_its_frames_queued_before_and_after() {
+        let (q, mut rx) = queue(100);
+        let (a, b) = (q.reserve(30).await, q.reserve(30).await);
+        let old = data(&q, a);
+        q.send(data(&q, b));
+        q.close_generation(&mut rx);
+        assert!(rx.try_recv().is_err(), "the lost link's frame is discarded");
+        assert_eq!(q.stats.cached_bytes.load(Relaxed), 30);
+        // A frame built for the lost link and queued only now.
+        q.send(old);
+        assert!(
+            rx.try_recv().is_err(),
+            "a late frame of the lost link is discarded"
+        );
+        assert_eq!(q.stats.cached_bytes.load(Relaxed), 0);
+        // The whole budget is back; frames for the next link wait for it.
+        let c = q.reserve(100).await;
+        q.send(data(&q, c));
+        q.close_generation(&mut rx);
+        assert_eq!(q.reserve(100).await, 100);
+        let next = q.reserve(0).await;
+        q.send(data(&q, next));
+        assert!(
+            rx.try_recv().is_ok(),
+            "a frame for the next link stays queued"
+        );
     }
 }
