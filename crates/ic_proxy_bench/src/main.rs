@@ -128,6 +128,10 @@ struct Args {
     /// In profiling mode, run 64-byte ping-pong on --profile-conns connections instead
     #[arg(long)]
     profile_ping_pong: bool,
+    /// In profiling mode, run the query-like exchange (a fresh logical connection, 64 B each
+    /// way, BYE each way) back to back instead
+    #[arg(long, conflicts_with = "profile_ping_pong")]
+    profile_query: bool,
     #[arg(long, value_name = "FILE")]
     pids_file: Option<PathBuf>,
     /// KEY=VALUE in the environment of every proxy process (repeatable), for experiments
@@ -324,7 +328,14 @@ async fn bench_main(args: Args, nofile: u64) -> ExitCode {
     let _ = cluster::PROXY_ENV.set(args.proxy_env.clone());
     let _ = cluster::PROXY_ARGS.set(args.proxy_arg.clone());
     if let (Some(secs), Some(file)) = (args.profile_load, &args.pids_file) {
-        return profile_load(&bin, secs, args.profile_conns, args.profile_ping_pong, file).await;
+        let load = if args.profile_ping_pong {
+            ProfileLoad::PingPong
+        } else if args.profile_query {
+            ProfileLoad::Query
+        } else {
+            ProfileLoad::Stream
+        };
+        return profile_load(&bin, secs, args.profile_conns, load, file).await;
     }
     let plan = Plan::new(&args);
     let machine = MachineInfo::read();
@@ -409,7 +420,18 @@ async fn bench_main(args: Args, nofile: u64) -> ExitCode {
     }
 }
 
-/// The load `perf` samples: two proxies, 8 KB packets on `conns` logical
+/// What the profiling mode runs through its two proxies.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ProfileLoad {
+    /// 8 KB packets one way.
+    Stream,
+    /// 64-byte ping-pong.
+    PingPong,
+    /// The query-like exchange, one after the other.
+    Query,
+}
+
+/// The load `perf` samples: two proxies, 8 KB packets (or `load`) on `conns` logical
 /// connections for `secs`. The pids go to `pids_file` as the load starts;
 /// the profiler, started on them, samples a window inside it (`bench.sh
 /// --profile` runs the load 2 s longer than it records).
@@ -417,7 +439,7 @@ async fn profile_load(
     bin: &Path,
     secs: f64,
     conns: usize,
-    ping_pong: bool,
+    load: ProfileLoad,
     pids_file: &Path,
 ) -> ExitCode {
     let pair = match Cluster::start(bin, &[-1, 0], 2).await {
@@ -432,17 +454,29 @@ async fn profile_load(
         eprintln!("ic-proxy-bench: cannot write {}: {e}", pids_file.display());
         return ExitCode::FAILURE;
     }
-    if ping_pong {
+    if load != ProfileLoad::Stream {
         let ep = Endpoints::Proxy {
             a: pair.end(0),
             b: pair.end(1),
         };
-        return match latency::ping_pong(&ep, conns, secs, Duration::from_secs(20)).await {
+        let stall = Duration::from_secs(20);
+        let (what, r) = if load == ProfileLoad::PingPong {
+            (
+                format!("64-byte ping-pong on {conns} conns"),
+                latency::ping_pong(&ep, conns, secs, stall).await,
+            )
+        } else {
+            (
+                "query-like exchanges".to_string(),
+                latency::query_like(&ep, secs, stall).await,
+            )
+        };
+        return match r {
             Ok(mut v) => {
                 let n = v.len();
                 let p = Percentiles::of(&mut v);
                 println!(
-                    "profile load: 64-byte ping-pong on {conns} conns, {secs} s: {n} round trips, p50 {} µs",
+                    "profile load: {what}, {secs} s: {n} exchanges, p50 {} µs",
                     p.map_or(0, |p| p.p50 / 1000)
                 );
                 ExitCode::SUCCESS
