@@ -188,6 +188,14 @@ pub fn render(r: &Report) -> String {
         "Seconds since the proxy started.",
         &[(String::new(), r.uptime_secs())],
     );
+    if let Some(c) = &r.certificate {
+        family(
+            "ic_proxy_tls_certificate_expiry_timestamp_seconds",
+            "gauge",
+            "When this proxy's TLS certificate (the one in force) expires, in seconds since the Unix epoch; absent without one.",
+            &[(String::new(), c.not_after as f64)],
+        );
+    }
     let up = |l: &(&str, String)| if l.0 == "up" { 1 } else { 0 };
     family(
         "ic_proxy_peer_listener_up",

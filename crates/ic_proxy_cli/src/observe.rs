@@ -213,6 +213,13 @@ fn proxy_text(p: &Record) -> String {
         ("", "") => "-".to_string(),
         (soft, hard) => format!("{} soft, {} hard", or_dash(soft), or_dash(hard)),
     };
+    let tls = match (p.get("tls"), p.get("tls_certificate")) {
+        (mode, "") => or_dash(mode),
+        (mode, subject) => format!(
+            "{mode}; certificate {subject}, expires {}",
+            p.get("tls_certificate_expires")
+        ),
+    };
     let lines = [
         ("running", p.get("running").to_string()),
         ("pid", p.get("pid").to_string()),
@@ -257,6 +264,7 @@ fn proxy_text(p: &Record) -> String {
         ("auth failures", p.get("auth_failures").to_string()),
         ("socket takeovers", p.get("socket_takeovers").to_string()),
         ("open files limit", limits),
+        ("tls", tls),
     ];
     let width = lines.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
     lines
@@ -351,6 +359,7 @@ const TEXT_FIELDS: &[&str] = &[
     "protection",
     "tls",
     "tls_certificate",
+    "tls_certificate_expires",
     "error",
     "message",
 ];

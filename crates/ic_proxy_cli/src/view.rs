@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use ic_proxy_core::protocol::Dialect;
 use ic_proxy_core::status::now_ms;
+use ic_proxy_core::tls::cert_info::format_utc;
+use ic_proxy_core::tls::CertInfo;
 use ic_proxy_core::{
     BackendSocket, PeerTraffic, ProxySettings, RuntimeConfig, StatusBoard, StatusSnapshot,
 };
@@ -112,6 +114,8 @@ impl ProxyView {
             pid: self.pid,
             dbid: self.dbid,
             content: me.map(|e| e.content),
+            tls: config.tls.mode.name(),
+            certificate: config.tls.material.as_ref().map(|m| m.identity.clone()),
             dialect: self.dialect.name(),
             threads: self.threads,
             max_packet_size: self.max_packet_size,
@@ -132,6 +136,10 @@ pub struct Report {
     pub dbid: u16,
     /// None while this instance's dbid is not in the map.
     pub content: Option<i16>,
+    /// TLS on peer links: off, on or require.
+    pub tls: &'static str,
+    /// This proxy's certificate in force, if it has one.
+    pub certificate: Option<CertInfo>,
     pub dialect: &'static str,
     pub threads: u16,
     pub max_packet_size: usize,
@@ -197,7 +205,18 @@ impl Report {
             .field("auth_failures", s.totals.auth_failures)
             .field("socket_takeovers", s.totals.socket_takeovers)
             .field("fd_soft_limit", opt(s.totals.fd_soft_limit))
-            .field("fd_hard_limit", opt(s.totals.fd_hard_limit));
+            .field("fd_hard_limit", opt(s.totals.fd_hard_limit))
+            .field("tls", self.tls)
+            .field(
+                "tls_certificate",
+                self.certificate.as_ref().map_or("", |c| c.subject.as_str()),
+            )
+            .field(
+                "tls_certificate_expires",
+                self.certificate
+                    .as_ref()
+                    .map_or(String::new(), |c| format_utc(c.not_after)),
+            );
         let mut out = vec![proxy];
         for r in &self.rows {
             let mut peer = Record::new("peer");

@@ -13,7 +13,7 @@ use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{free_port, ic_proxy, text, ProxyProcess, BIN, POLL};
+use common::{free_port, http_get, ic_proxy, metrics_addr, sample, text, ProxyProcess, BIN, POLL};
 use ic_proxy_client::{ClientOptions, ConnSpec, Endpoint, LogicalConn, RecvItem};
 
 /// Bound on every wait; generous because other builds share the 2 cores.
@@ -23,14 +23,6 @@ const DEADLINE: Duration = Duration::from_secs(60);
 /// its backend socket exists.
 fn start(dir: &Path, dbid: u16, map: &str, extra: &[&str]) -> ProxyProcess {
     ProxyProcess::start(dir, dbid, &[&["--addresses", map][..], extra].concat())
-}
-
-/// The address `--metrics-listen 127.0.0.1:0` was given.
-fn metrics_addr(p: &mut ProxyProcess) -> String {
-    const AT: &str = "metrics at http://";
-    let log = p.wait_for_log(AT);
-    let rest = &log[log.find(AT).unwrap() + AT.len()..];
-    rest[..rest.find("/metrics").unwrap()].to_string()
 }
 
 fn control_arg(p: &ProxyProcess) -> String {
@@ -133,6 +125,10 @@ fn status_and_ping_show_a_two_proxy_mesh() {
     assert!(json.starts_with("{\"proxy\":{\"running\":true,"), "{json}");
     assert!(json.contains("\"dbid\":2,\"content\":0,"), "{json}");
     assert!(json.contains("\"state\":\"connected\""), "{json}");
+    assert!(
+        json.contains("\"tls\":\"off\",\"tls_certificate\":\"\",\"tls_certificate_expires\":\"\""),
+        "{json}"
+    );
 
     // ping: every peer, by default.
     let out = ic_proxy(&["ping", "--control", &control_arg(&p1)]);
@@ -318,30 +314,6 @@ fn the_control_socket_refuses_what_it_does_not_know_and_replaces_only_a_dead_fil
     assert!(live_path.exists());
 }
 
-/// One raw HTTP/1.1 GET; (status line, body).
-fn http_get(addr: &str, path: &str) -> (String, String) {
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(DEADLINE)).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: */*\r\n\r\n"
-    )
-    .unwrap();
-    let mut response = String::new();
-    s.read_to_string(&mut response).unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").expect("a head");
-    (head.lines().next().unwrap().to_string(), body.to_string())
-}
-
-/// The value of the sample `series` (name and labels exactly).
-fn sample(body: &str, series: &str) -> f64 {
-    body.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .unwrap_or_else(|| panic!("no {series} in\n{body}"))
-        .parse()
-        .unwrap()
-}
-
 #[test]
 fn metrics_are_served_in_the_prometheus_format_and_move_with_traffic() {
     let dir = tempfile::tempdir().unwrap();
@@ -366,6 +338,8 @@ fn metrics_are_served_in_the_prometheus_format_and_move_with_traffic() {
     ] {
         assert!(before.contains(line), "{line:?} not in\n{before}");
     }
+    // No TLS certificate, no expiry series (tests/tls.rs has one).
+    assert!(!before.contains("ic_proxy_tls_certificate"), "{before}");
     let out = "ic_proxy_peer_bytes_out_total{dbid=\"2\",content=\"0\"}";
     let packets = "ic_proxy_peer_packets_out_total{dbid=\"2\",content=\"0\"}";
     let (bytes0, packets0) = (sample(&before, out), sample(&before, packets));

@@ -5,9 +5,13 @@ mod common;
 
 use std::time::Duration;
 
-use common::{free_port, ic_proxy, spec_1_to_2, stream_megabyte, text, ProxyProcess};
-use ic_proxy_core::tls::TlsFiles;
-use ic_proxy_tests::certs::{Flaw, TestCa};
+use common::{
+    free_port, http_get, ic_proxy, metrics_addr, sample, spec_1_to_2, stream_megabyte, text,
+    ProxyProcess,
+};
+use ic_proxy_core::tls::cert_info::format_utc;
+use ic_proxy_core::tls::{TlsFiles, TlsMode, TlsVerify};
+use ic_proxy_tests::certs::{policy, Flaw, TestCa};
 
 fn tls_flags(files: &TlsFiles) -> Vec<String> {
     let path = |p: &std::path::Path| p.display().to_string();
@@ -38,12 +42,50 @@ fn two_processes_with_tls_carry_a_checked_megabyte() {
         .into_iter()
         .chain(flags.iter().map(String::as_str))
         .collect();
-    let mut p1 = ProxyProcess::start(dir.path(), 1, &args);
+    let with_metrics: Vec<&str> = args
+        .iter()
+        .copied()
+        .chain(["--metrics-listen", "127.0.0.1:0"])
+        .collect();
+    let mut p1 = ProxyProcess::start(dir.path(), 1, &with_metrics);
     let mut p2 = ProxyProcess::start(dir.path(), 2, &args);
     for p in [&mut p1, &mut p2] {
         let log = p.wait_for_log("connected (TLS1.3 TLS13_");
         assert!(log.contains("TLS on peer links: require"), "{log}");
     }
+
+    // Its own certificate, as `ic-proxy status` and the metrics show it.
+    let own = policy(TlsMode::Require, TlsVerify::Full, &files)
+        .material
+        .expect("the files load")
+        .identity
+        .clone();
+    assert_eq!(own.subject, "CN=ic-proxy proxy");
+    let control = p1.names.control.display().to_string();
+    let out = ic_proxy(&["status", "--json", "--control", &control]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let json = text(&out.stdout);
+    let expected = format!(
+        "\"tls\":\"require\",\"tls_certificate\":\"CN=ic-proxy proxy\",\"tls_certificate_expires\":\"{}\"",
+        format_utc(own.not_after)
+    );
+    assert!(json.contains(&expected), "{expected} not in {json}");
+    let out = ic_proxy(&["status", "--control", &control]);
+    let shown = text(&out.stdout);
+    assert!(
+        shown.contains(&format!(
+            "require; certificate CN=ic-proxy proxy, expires {}",
+            format_utc(own.not_after)
+        )),
+        "{shown}"
+    );
+    let addr = metrics_addr(&mut p1);
+    let (status, body) = http_get(&addr, "/metrics");
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    assert_eq!(
+        sample(&body, "ic_proxy_tls_certificate_expiry_timestamp_seconds"),
+        own.not_after as f64
+    );
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(stream_megabyte(
         p1.socket(),

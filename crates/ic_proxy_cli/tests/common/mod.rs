@@ -283,3 +283,37 @@ impl Drop for ProxyProcess {
         }
     }
 }
+
+/// The address `--metrics-listen 127.0.0.1:0` was given.
+pub fn metrics_addr(p: &mut ProxyProcess) -> String {
+    const AT: &str = "metrics at http://";
+    let log = p.wait_for_log(AT);
+    let rest = &log[log.find(AT).unwrap() + AT.len()..];
+    rest[..rest.find("/metrics").unwrap()].to_string()
+}
+
+/// One raw HTTP/1.1 GET; (status line, body).
+pub fn http_get(addr: &str, path: &str) -> (String, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(60)))
+        .unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: */*\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    s.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").expect("a head");
+    (head.lines().next().unwrap().to_string(), body.to_string())
+}
+
+/// The value of the sample `series` (name and labels exactly).
+pub fn sample(body: &str, series: &str) -> f64 {
+    body.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {series} in\n{body}"))
+        .parse()
+        .unwrap()
+}
