@@ -297,6 +297,55 @@ async fn a_mesh_over_tls_answers_probes_carries_data_and_shows_each_link_protect
         .await
         .expect("stream");
     assert_eq!((n, sent), (500, got), "bytes lost or reordered over TLS");
+
+    // A reload to a certificate file that cannot be used: a WARNING, and the
+    // certificates in force stay in use; the mesh carries on over TLS.
+    let junk = certs.path().join("junk.pem");
+    std::fs::write(&junk, "not a certificate\n").expect("write junk.pem");
+    give_to_server_user(&junk).expect("chown");
+    let i = cluster.instance(a.dbid);
+    i.psql(&format!(
+        "ALTER SYSTEM SET ic_proxy.tls_cert_file = '{}'",
+        junk.display()
+    ))
+    .unwrap();
+    i.psql("SELECT pg_reload_conf()").unwrap();
+    i.wait_for_log(
+        "TLS on peer links cannot use its files",
+        Duration::from_secs(30),
+    )
+    .expect("a WARNING");
+    let log = i.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("TLS on peer links cannot use its files"))
+        .unwrap();
+    assert!(line.contains("WARNING"), "{line}");
+    assert!(line.contains(&junk.display().to_string()), "{line}");
+    assert!(
+        line.contains("the certificates in force stay in use"),
+        "{line}"
+    );
+    let info = i
+        .psql("SELECT tls || '|' || tls_certificate FROM ic_proxy_info()")
+        .unwrap();
+    assert_eq!(info, "require|CN=ic-proxy node");
+    assert_every_probe_answers(i, a.dbid, &nodes);
+    let (sent, got, n) = stream(
+        socket_of(i, &a.socket_dir),
+        socket_of(cluster.instance(b.dbid), &b.socket_dir),
+        spec(a, b, 2),
+        5,
+        200,
+        8188,
+    )
+    .await
+    .expect("a stream after the refused reload");
+    assert_eq!(
+        (n, sent),
+        (200, got),
+        "bytes lost or reordered after the reload"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
