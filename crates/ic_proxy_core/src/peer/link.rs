@@ -80,17 +80,16 @@ async fn write_link(
             }
             f = rx.recv() => match f { Some(f) => f, None => break },
         };
-        let generation = slot.generation();
         let mut packets = 0u64;
         let mut charged = 0usize;
+        // The queue holds only this link's frames: those of connections cut
+        // with an earlier link are refused or discarded there
+        // (`PeerQueue::send`, `PeerQueue::close_generation`).
         let mut add = |f: OutFrame, out: &mut Vec<u8>| {
             charged += slot.queue.taken(&f);
-            // A frame of a connection cut with an earlier link is dropped.
-            if f.generation == generation {
-                out.extend_from_slice(&f.header);
-                out.extend_from_slice(&f.payload);
-                packets += 1;
-            }
+            out.extend_from_slice(&f.header);
+            out.extend_from_slice(&f.payload);
+            packets += 1;
         };
         add(first, &mut out);
         // Send what is queued now, without waiting for more.
@@ -99,10 +98,6 @@ async fn write_link(
                 Ok(f) => add(f, &mut out),
                 Err(_) => break,
             }
-        }
-        if out.is_empty() {
-            slot.queue.release(charged);
-            continue;
         }
         let written = tokio::select! {
             _ = link.cancelled() => None,
@@ -133,15 +128,12 @@ async fn flush_queued(
     wr: &mut WriteHalf,
     rx: &mut mpsc::UnboundedReceiver<OutFrame>,
 ) {
-    let generation = slot.generation();
     let mut out = Vec::new();
     while let Ok(f) = rx.try_recv() {
         let charged = slot.queue.taken(&f);
         slot.queue.release(charged);
-        if f.generation == generation {
-            out.extend_from_slice(&f.header);
-            out.extend_from_slice(&f.payload);
-        }
+        out.extend_from_slice(&f.header);
+        out.extend_from_slice(&f.payload);
     }
     if !out.is_empty() {
         let _ = tokio::time::timeout(FLUSH_GRACE, wr.write_all(&out)).await;

@@ -23,7 +23,9 @@ pub(crate) struct OutFrame {
     /// A probe's echo, counted in `PeerQueue::echo_queued` while it waits.
     pub echo: bool,
     /// The link generation the frame belongs to: frames of logical
-    /// connections cut with an earlier link are never sent on a later one.
+    /// connections cut with an earlier link are never sent on a later one
+    /// ([`PeerQueue::send`] refuses them, [`PeerQueue::close_generation`]
+    /// discards those already queued).
     pub generation: u64,
     /// Bytes of the peer's queue budget this frame holds
     /// ([`PeerQueue::reserve`]); given back once it is written or discarded.
