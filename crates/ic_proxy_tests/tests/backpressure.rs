@@ -5,6 +5,7 @@
 //! connection arrives, in order, and the queue empties.
 
 use std::collections::HashMap;
+use std::ops::Range;
 
 use bytes::BytesMut;
 use ic_proxy_client::{pattern_payload, LogicalConn, StreamDigest};
@@ -45,9 +46,7 @@ fn expected(n: u32) -> StreamDigest {
 #[test]
 fn a_slow_peer_link_bounds_what_waits_and_loses_nothing() {
     run_named("backpressure", async {
-        let mut opts = case_options();
-        opts.peer_queue_bytes = BUDGET;
-        let mesh = Mesh::start_with(&[-1], opts);
+        let mesh = budgeted_mesh();
         let p = mesh.proxy(1);
         let mut fake = FakePeer::link_as_fake(p).await;
         let client = mesh.client_options();
@@ -74,40 +73,9 @@ fn a_slow_peer_link_bounds_what_waits_and_loses_nothing() {
             "a sender finished although the peer reads nothing"
         );
 
-        // Now the peer reads, acknowledges as a proxy does (a DATA ACK per
-        // 10 DATA packets) and checks every stream.
-        let mut got: HashMap<u32, (StreamDigest, u64, bool)> = HashMap::new();
-        let d = fake.dialect;
-        let mut byes = 0;
-        while byes < CONNS {
-            let pkt = fake
-                .recv()
-                .await
-                .expect("the link stays up")
-                .expect("the proxy keeps the link open");
-            let h = pkt.header;
-            let n = h.command_id - fake_spec(p, 0).command_id;
-            assert!(n < CONNS, "a packet of an unknown connection: {h}");
-            let e = got.entry(n).or_insert((StreamDigest::new(), 0, false));
-            assert!(!e.2, "conn {n}: {} after BYE", h.ptype);
-            match h.ptype {
-                PacketType::Data => {
-                    e.0.update(&pkt.payload);
-                    e.1 += 1;
-                    if e.1.is_multiple_of(10) {
-                        let ack = packet(d, PacketType::DataAck, &fake_spec(p, n).reversed(), &[]);
-                        fake.send(&ack).await.expect("send DATA ACK");
-                    }
-                }
-                PacketType::Bye => {
-                    e.2 = true;
-                    byes += 1;
-                    let bye = packet(d, PacketType::Bye, &fake_spec(p, n).reversed(), &[]);
-                    fake.send(&bye).await.expect("send BYE");
-                }
-                other => panic!("conn {n}: unexpected {other}"),
-            }
-        }
+        // Now the peer reads, acknowledges as a proxy does and checks
+        // every stream.
+        let got = read_as_peer(&mut fake, p, 0..CONNS).await;
         for s in senders {
             if let Err(e) = s.await.expect("sender task") {
                 let warnings: Vec<_> = ic_proxy_tests::log_lines("backpressure")
@@ -119,11 +87,63 @@ fn a_slow_peer_link_bounds_what_waits_and_loses_nothing() {
             }
         }
         for n in 0..CONNS {
-            assert_eq!(got[&n].0, expected(n), "conn {n}: the bytes differ");
+            assert_eq!(got[&n], expected(n), "conn {n}: the bytes differ");
         }
         wait_until("the queue to empty", || cached(p) == 0).await;
         mesh.shutdown().await;
     });
+}
+
+/// One proxy whose queue for each peer holds `BUDGET` bytes.
+fn budgeted_mesh() -> Mesh {
+    let mut opts = case_options();
+    opts.peer_queue_bytes = BUDGET;
+    Mesh::start_with(&[-1], opts)
+}
+
+/// The fake peer reads the link as a proxy does until every connection of
+/// `conns` (numbered as by `fake_spec`) said BYE: a DATA ACK per 10 DATA
+/// packets, a BYE for each BYE. The bytes each connection carried.
+async fn read_as_peer(
+    fake: &mut FakePeer,
+    p: &TestProxy,
+    conns: Range<u32>,
+) -> HashMap<u32, StreamDigest> {
+    let mut got: HashMap<u32, (StreamDigest, u64, bool)> = HashMap::new();
+    let d = fake.dialect;
+    let mut byes = 0;
+    while byes < conns.len() {
+        let pkt = fake
+            .recv()
+            .await
+            .expect("the link stays up")
+            .expect("the proxy keeps the link open");
+        let h = pkt.header;
+        let n = h.command_id - fake_spec(p, 0).command_id;
+        assert!(conns.contains(&n), "a packet of an unknown connection: {h}");
+        let e = got.entry(n).or_insert((StreamDigest::new(), 0, false));
+        assert!(!e.2, "conn {n}: {} after BYE", h.ptype);
+        match h.ptype {
+            PacketType::Data => {
+                e.0.update(&pkt.payload);
+                e.1 += 1;
+                if e.1.is_multiple_of(10) {
+                    let ack = packet(d, PacketType::DataAck, &fake_spec(p, n).reversed(), &[]);
+                    fake.send(&ack).await.expect("send DATA ACK");
+                }
+            }
+            PacketType::Bye => {
+                e.2 = true;
+                byes += 1;
+                let bye = packet(d, PacketType::Bye, &fake_spec(p, n).reversed(), &[]);
+                fake.send(&bye).await.expect("send BYE");
+            }
+            other => panic!("conn {n}: unexpected {other}"),
+        }
+    }
+    got.into_iter()
+        .map(|(n, (digest, ..))| (n, digest))
+        .collect()
 }
 
 /// Streams `PACKETS` packets on connection `n` of the fake peer's spec.
@@ -155,9 +175,7 @@ fn spawn_sender(
 #[test]
 fn a_link_lost_with_a_full_queue_gives_its_budget_back() {
     run_named("backpressure-lost", async {
-        let mut opts = case_options();
-        opts.peer_queue_bytes = BUDGET;
-        let mesh = Mesh::start_with(&[-1], opts);
+        let mesh = budgeted_mesh();
         let p = mesh.proxy(1);
         let fake = FakePeer::link_as_fake(p).await;
         let client = mesh.client_options();
@@ -182,33 +200,9 @@ fn a_link_lost_with_a_full_queue_gives_its_budget_back() {
         let mut fake = FakePeer::link_as_fake(p).await;
         let n = CONNS;
         let sender = spawn_sender(p, &client, n);
-        let d = fake.dialect;
-        let (mut digest, mut packets) = (StreamDigest::new(), 0u64);
-        loop {
-            let pkt = fake
-                .recv()
-                .await
-                .expect("the new link stays up")
-                .expect("the proxy keeps the new link open");
-            let h = pkt.header;
-            assert_eq!(h.command_id, fake_spec(p, n).command_id, "{h}");
-            match h.ptype {
-                PacketType::Data => {
-                    digest.update(&pkt.payload);
-                    packets += 1;
-                    if packets.is_multiple_of(10) {
-                        let ack = packet(d, PacketType::DataAck, &fake_spec(p, n).reversed(), &[]);
-                        fake.send(&ack).await.expect("send DATA ACK");
-                    }
-                }
-                PacketType::Bye => break,
-                other => panic!("unexpected {other}"),
-            }
-        }
-        let bye = packet(d, PacketType::Bye, &fake_spec(p, n).reversed(), &[]);
-        fake.send(&bye).await.expect("send BYE");
+        let got = read_as_peer(&mut fake, p, n..n + 1).await;
         sender.await.expect("sender task").expect("the stream");
-        assert_eq!(digest, expected(n), "the bytes differ");
+        assert_eq!(got[&n], expected(n), "the bytes differ");
         wait_until("the queue to empty", || cached(p) == 0).await;
         mesh.shutdown().await;
     });
