@@ -11,7 +11,9 @@ use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{free_port, ic_proxy, signal, text, wait_exit, ProxyProcess, BIN, POLL};
+use common::{
+    assert_run_refused, free_port, ic_proxy, signal, text, wait_exit, ProxyProcess, BIN, POLL,
+};
 use ic_proxy_client::{ClientOptions, ConnSpec, Endpoint, LogicalConn, RecvItem};
 use ic_proxy_core::address_map::AddressMap;
 
@@ -342,29 +344,15 @@ fn sighup_rereads_the_map_file_and_keeps_the_old_map_when_the_new_one_is_bad() {
 #[test]
 fn run_refuses_flow_thresholds_under_which_a_paused_sender_never_resumes() {
     let dir = tempfile::tempdir().unwrap();
-    let run = |flow: &[&str]| {
-        Command::new(BIN)
-            .args(["run", "--addresses", "1:-1:127.0.0.1:7000", "--dbid", "1"])
-            .args(["--port", "5432", "--pid", "78"])
-            .arg("--socket-dir")
-            .arg(dir.path())
-            .args(flow)
-            .output()
-            .unwrap()
-    };
-    let out = run(&["--flow-pause-threshold", "30"]);
-    assert_eq!(out.status.code(), Some(2));
-    let stderr = text(&out.stderr);
-    assert!(
-        stderr.contains("--flow-pause-threshold 30 --flow-resume-threshold 30 --flow-ack-interval 10: the resume threshold (30) must be below the pause threshold (30)"),
-        "{stderr}"
+    assert_run_refused(
+        dir.path(),
+        &["--flow-pause-threshold", "30"],
+        "--flow-pause-threshold 30 --flow-resume-threshold 30 --flow-ack-interval 10: the resume threshold (30) must be below the pause threshold (30)",
     );
-    let out = run(&["--flow-ack-interval", "32"]);
-    assert_eq!(out.status.code(), Some(2));
-    let stderr = text(&out.stderr);
-    assert!(
-        stderr.contains("the DATA_ACK interval (32) must not exceed the resume threshold + 1 (31)"),
-        "{stderr}"
+    assert_run_refused(
+        dir.path(),
+        &["--flow-ack-interval", "32"],
+        "the DATA_ACK interval (32) must not exceed the resume threshold + 1 (31)",
     );
     // Nothing was bound.
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
@@ -375,29 +363,10 @@ fn run_refuses_a_peer_auth_secret_that_is_too_short() {
     let dir = tempfile::tempdir().unwrap();
     let secret = dir.path().join("secret");
     std::fs::write(&secret, "short\n").unwrap();
-    let out = Command::new(BIN)
-        .args([
-            "run",
-            "--addresses",
-            "1:-1:127.0.0.1:7000",
-            "--dbid",
-            "1",
-            "--port",
-            "5432",
-            "--pid",
-            "78",
-        ])
-        .arg("--socket-dir")
-        .arg(dir.path())
-        .arg("--peer-auth-secret-file")
-        .arg(&secret)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let stderr = text(&out.stderr);
-    assert!(
-        stderr.contains("the secret is 5 bytes; at least 16 are needed"),
-        "{stderr}"
+    assert_run_refused(
+        dir.path(),
+        &["--peer-auth-secret-file", &secret.display().to_string()],
+        "the secret is 5 bytes; at least 16 are needed",
     );
 }
 

@@ -6,8 +6,8 @@ mod common;
 use std::time::Duration;
 
 use common::{
-    free_port, http_get, ic_proxy, metrics_addr, sample, spec_1_to_2, stream_megabyte, text,
-    ProxyProcess,
+    assert_run_refused, free_port, http_get, ic_proxy, metrics_addr, sample, spec_1_to_2,
+    stream_megabyte, text, ProxyProcess,
 };
 use ic_proxy_core::tls::cert_info::format_utc;
 use ic_proxy_core::tls::{TlsFiles, TlsMode, TlsVerify};
@@ -105,17 +105,10 @@ fn tls_files_that_cannot_be_used_are_refused_at_start() {
     let ca = TestCa::new(dir.path(), "bad");
     let files = ca.issue("proxy", "127.0.0.1", Flaw::None);
     let other = TestCa::new(dir.path(), "other").issue("stranger", "127.0.0.1", Flaw::None);
-    let map = format!("1:-1:127.0.0.1:{}", free_port());
-    let dir_arg = dir.path().display().to_string();
     // `ic-proxy run` with `tls`; exit 2 and a message with `why`.
     let refused = |tls: &[String], why: &str| {
-        let mut args = vec!["run", "--addresses", &map, "--dbid", "1", "--port", "5001"];
-        args.extend(["--pid", "40001", "--socket-dir", &dir_arg]);
-        args.extend(tls.iter().map(String::as_str));
-        let out = ic_proxy(&args);
-        let stderr = text(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{stderr}");
-        assert!(stderr.contains(why), "{why:?} not in {stderr}");
+        let tls: Vec<&str> = tls.iter().map(String::as_str).collect();
+        assert_run_refused(dir.path(), &tls, why);
     };
     // TLS without its files.
     refused(&["--tls".into(), "on".into()], "--tls-cert-file");
@@ -131,6 +124,4 @@ fn tls_files_that_cannot_be_used_are_refused_at_start() {
         ..files.clone()
     };
     refused(&tls_flags(&mismatched), "certificate and key");
-    // Nothing was left behind.
-    assert!(!dir.path().join(".s.PGSQL.ic_proxy.5001.40001").exists());
 }

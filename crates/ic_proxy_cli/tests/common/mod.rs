@@ -317,3 +317,19 @@ pub fn sample(body: &str, series: &str) -> f64 {
         .parse()
         .unwrap()
 }
+
+/// `ic-proxy run` for dbid 1 of a one-entry map with its sockets in `dir`
+/// and `extra`: it must exit 2 at start, saying `why`, and leave no
+/// backend socket behind.
+pub fn assert_run_refused(dir: &Path, extra: &[&str], why: &str) {
+    let map = format!("1:-1:127.0.0.1:{}", free_port());
+    let dir_arg = dir.display().to_string();
+    let mut args = vec!["run", "--addresses", &map, "--dbid", "1", "--port", "5001"];
+    args.extend(["--pid", "40001", "--socket-dir", &dir_arg]);
+    args.extend(extra);
+    let out = ic_proxy(&args);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains(why), "{why:?} not in {stderr}");
+    assert!(!dir.join(".s.PGSQL.ic_proxy.5001.40001").exists());
+}
